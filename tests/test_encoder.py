@@ -1,0 +1,131 @@
+"""Encoder behaviour: padding/batch invariance, instructions, persistence, bad input."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from conftest import byte_tokenizer, tiny_encoder, tiny_model
+
+from lm2vec import Encoder, EncoderConfig
+from lm2vec.batching import plan_batches
+
+SHORT = "a cat sat"
+LONG = ["this text is very much longer than the short one, so it forces a lot of padding " * 3,
+        "another long companion text that also forces padding onto the short text " * 2]
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "gemma3_text", "gpt2"])
+@pytest.mark.parametrize("pooling", ["mean", "weighted_mean", "last", "first"])
+def test_embedding_ignores_padding_side_and_batch(model_type, pooling):
+    encoder = tiny_encoder(model_type, pooling=pooling)
+    alone = encoder.encode([SHORT], batch_size=1)[0]
+    for side in ("left", "right"):
+        encoder.config.padding_side = side
+        for batch_size in (2, 3):
+            mixed = encoder.encode(LONG + [SHORT], batch_size=batch_size)
+            assert np.abs(mixed[-1] - alone).max() < 1e-4, (side, batch_size)
+
+
+def test_output_order_shape_and_dtype():
+    encoder = tiny_encoder()
+    texts = [f"text number {i} " + "x" * (i * 7 % 23) for i in range(10)]
+    batched = encoder.encode(texts, batch_size=4)
+    one_by_one = np.stack([encoder.encode([t])[0] for t in texts])
+    assert batched.shape == (10, 64) and batched.dtype == np.float32
+    assert np.abs(batched - one_by_one).max() < 1e-4
+
+
+def test_token_budget_batching_matches_unbatched():
+    encoder = tiny_encoder()
+    texts = ["tiny", "a bit longer text", "x " * 60, "mid sized text here", "y " * 30]
+    assert np.abs(encoder.encode(texts, max_tokens=64) - encoder.encode(texts, batch_size=1)).max() < 1e-4
+
+
+def test_plan_batches_respects_budget_and_covers_all():
+    lengths = [5, 300, 7, 120, 3, 3, 64, 250]
+    batches = plan_batches(lengths, batch_size=4, max_tokens=256)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) <= 4
+        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 256
+
+
+def test_instruction_is_attended_but_not_pooled():
+    encoder = tiny_encoder()
+    instruction, text = "Retrieve similar sentences:", "a cat sat"
+    [tok] = encoder.tokenize([(instruction, text)])
+    assert tok.skip == 1 + len((instruction + " ").encode())  # BOS + one token per byte of the prefix
+    batch = encoder.collate([tok])
+    with torch.no_grad():
+        states = encoder.hidden_states(batch)[0]
+    expected = states[tok.skip :].mean(dim=0).numpy()
+    got = encoder.encode([(instruction, text)])[0]
+    assert np.abs(got - expected).max() < 1e-5
+    assert np.abs(got - encoder.encode([text])[0]).max() > 1e-4  # the text tokens saw the instruction
+    assert np.allclose(encoder.encode([text], instruction=instruction), got, atol=1e-5)
+
+
+def test_save_then_load_gives_identical_vectors(tmp_path):
+    encoder = tiny_encoder(pooling="weighted_mean", max_length=64)
+    texts = ["one sentence", ("An instruction:", "another one")]
+    before = encoder.encode(texts)
+    encoder.save_pretrained(tmp_path / "enc")
+    saved = json.loads((tmp_path / "enc" / "lm2vec_config.json").read_text())
+    assert saved["pooling"] == "weighted_mean" and saved["bidirectional"] and saved["max_length"] == 64
+    assert list((tmp_path / "enc").glob("*.safetensors")) and not list((tmp_path / "enc").glob("*.bin"))
+    loaded = Encoder.from_pretrained(tmp_path / "enc", device="cpu")
+    assert replace(loaded.config, base_model=None) == encoder.config  # base_model gets filled in on load
+    assert np.array_equal(loaded.encode(texts), before)
+
+
+def test_saving_over_an_existing_directory_replaces_it(tmp_path):
+    encoder = tiny_encoder()
+    (tmp_path / "enc").mkdir()
+    (tmp_path / "enc" / "stale.txt").write_text("old")
+    encoder.save_pretrained(tmp_path / "enc")
+    assert not (tmp_path / "enc" / "stale.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["enc"]  # no temp directories left behind
+
+
+def test_bad_input_gets_clear_errors():
+    encoder = tiny_encoder()
+    assert encoder.encode([]).shape == (0, 64)
+    with pytest.raises(ValueError, match=r"texts\[1\] must be a string"):
+        encoder.encode(["ok", 3])
+    with pytest.raises(ValueError, match=r"texts\[0\] is empty"):
+        encoder.encode(["  "])
+    with pytest.raises(ValueError, match="unknown pooling mode"):
+        EncoderConfig(pooling="max")
+    with pytest.raises(ValueError, match="texts must be a list"):
+        encoder.encode(42)
+    assert encoder.encode("a single string").shape == (64,)
+
+
+def test_over_long_texts_are_truncated_with_one_warning():
+    encoder = tiny_encoder(max_length=16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        vectors = encoder.encode(["x" * 100, "y" * 50, "short"])
+    messages = [str(w.message) for w in caught if "truncated" in str(w.message)]
+    assert messages == ["2 of 3 texts were longer than max_length=16 tokens and were truncated"]
+    assert vectors.shape == (3, 64)
+
+
+def test_unknown_saved_config_key_is_rejected(tmp_path):
+    encoder = tiny_encoder()
+    encoder.save_pretrained(tmp_path / "enc")
+    path = tmp_path / "enc" / "lm2vec_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "poolling": "mean"}))
+    with pytest.raises(ValueError, match="unknown keys.*poolling"):
+        Encoder.from_pretrained(tmp_path / "enc", device="cpu")
+
+
+def test_causal_encoder_stays_causal():
+    model = tiny_model("llama")
+    Encoder(model, byte_tokenizer(), EncoderConfig(bidirectional=False))
+    assert getattr(model.config, "is_causal", True) is not False
