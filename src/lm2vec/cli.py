@@ -6,6 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -31,12 +32,19 @@ def _save_npy_atomic(path: Path, array) -> None:
         raise
 
 
-def _read_inputs(path: Path, column: str, instruction_column: str) -> list:
-    """Texts from .txt (one per line) or .jsonl/.csv/.tsv; JSONL rows may carry their own instruction."""
-    from .data.text import load_records
+def _read_inputs(path: Path, column: str) -> list:
+    """Texts from .txt (one per line) or .csv/.tsv; .jsonl rows may carry their own "instruction"."""
+    from .data.errors import Problems
+    from .data.text import detect_format, iter_jsonl_field, load_texts
 
-    records = load_records(path, column=column, extra_columns=(instruction_column,), on_error="raise")
-    return [(r[instruction_column], r[column]) if r.get(instruction_column) else r[column] for r in records]
+    if detect_format(path) != "jsonl":
+        return load_texts(path, column=column, on_error="raise")
+    from .data.text import iter_jsonl
+
+    problems = Problems("raise")
+    list(iter_jsonl_field(path, column, problems))  # validates every row's text field with file:line errors
+    return [(r["instruction"], r[column]) if isinstance(r.get("instruction"), str) and r["instruction"] else r[column]
+            for _, r in iter_jsonl(path, problems)]
 
 
 @app.command()
@@ -55,12 +63,31 @@ def encode(
     """Embed every text of a file and save the vectors as .npy, in input order."""
     from .encoder import Encoder
 
-    texts = _read_inputs(input, column, "instruction")
+    texts = _read_inputs(input, column)
     encoder = Encoder.from_pretrained(model, pooling=pooling, max_length=max_length, device=device)
     vectors = encoder.encode(texts, instruction=instruction, batch_size=batch_size, normalize=normalize,
                              show_progress=True)
     _save_npy_atomic(output, vectors)
     console.print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} vectors to {output}")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def train(
+    ctx: typer.Context,
+    recipe: Path = typer.Argument(..., exists=True, dir_okay=False, help="YAML recipe, e.g. recipes/llm2vec-unsupervised.yaml"),
+    model: str = typer.Option(None, "--model", "-m", help="override the recipe's model"),
+    output: Path = typer.Option(Path("runs/latest"), "--output", "-o", help="run directory"),
+    resume: bool = typer.Option(False, help="continue from the last complete checkpoint in OUTPUT"),
+    device: str = typer.Option(None),
+) -> None:
+    """Run every stage of RECIPE; extra arguments are key=value overrides (e.g. mntp.max_steps=10)."""
+    from .config import load_recipe
+    from .train import train as run_training
+
+    overrides = list(ctx.args) + ([f"model={model}"] if model else [])
+    loaded = load_recipe(recipe, overrides)
+    final = run_training(loaded, output, resume=resume, device=device)
+    console.print(f"encoder ready: {final}  (Encoder.from_pretrained({str(final)!r}))")
 
 
 @app.command()
@@ -125,5 +152,23 @@ def demo(model: str = typer.Option(DEFAULT_MODEL, "--model", "-m")) -> None:
     console.print(similarity_table(f"{model}, bidirectional, mean pooling (no training)", DEMO_SENTENCES, vectors))
 
 
+def main() -> None:
+    """Entry point: user errors (bad recipe, data, input) print one clear line instead of a traceback."""
+    from .bidirectional import BidirectionalError
+    from .config import RecipeError
+    from .data.errors import DataError
+
+    try:
+        app(standalone_mode=False)
+    except (RecipeError, DataError, BidirectionalError, ValueError, FileNotFoundError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise SystemExit(2) from None
+    except click.exceptions.ClickException as error:
+        error.show()
+        raise SystemExit(error.exit_code) from None
+    except click.exceptions.Abort:
+        raise SystemExit(130) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -120,20 +120,28 @@ class Encoder(nn.Module):
         dtype: str | torch.dtype | None = None,
         device: str | None = None,
         trust_remote_code: bool = False,
+        merge_adapter: bool = False,
         **config_overrides,
     ) -> Encoder:
         """Load a built-in name, a local directory or a hub id; saved lm2vec settings win over defaults,
-        explicit arguments win over saved settings."""
+        explicit arguments win over saved settings. A LoRA adapter directory (from `lm2vec train`) is
+        put on the base model its config names, merged into it if `merge_adapter`."""
         from transformers import AutoModel, AutoTokenizer
 
+        from .adapters import is_adapter_dir, load_adapter
+
         path = resolve_model_path(name_or_path)
-        config = _load_saved_config(path)
+        config = load_saved_config(path)
         given = {"pooling": pooling, "bidirectional": bidirectional, "max_length": max_length, **config_overrides}
         config = EncoderConfig(**{**asdict(config), **{k: v for k, v in given.items() if v is not None}})
         config.base_model = config.base_model or str(name_or_path)
         device = device or default_device()
         dtype = _resolve_dtype(dtype, device)
-        model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        adapter = is_adapter_dir(path)
+        weights = resolve_model_path(config.base_model) if adapter else path
+        model = AutoModel.from_pretrained(weights, dtype=dtype, trust_remote_code=trust_remote_code)
+        if adapter:
+            model = load_adapter(model, path, merge=merge_adapter)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model.to(device).eval()
         encoder = cls(model, tokenizer, config)
@@ -141,8 +149,9 @@ class Encoder(nn.Module):
         return encoder
 
     def _forward_target(self) -> nn.Module:
-        """The module whose forward we call (a peft wrapper forwards to it unchanged)."""
-        return self.model
+        """The module whose forward signature matters (a peft wrapper forwards to it unchanged)."""
+        get_base = getattr(self.model, "get_base_model", None)
+        return get_base() if callable(get_base) else self.model
 
     # ---- properties ---------------------------------------------------------------------------
     @property
@@ -262,7 +271,7 @@ def _resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     return resolved
 
 
-def _load_saved_config(path: str) -> EncoderConfig:
+def load_saved_config(path: str) -> EncoderConfig:
     """lm2vec settings saved beside the weights (local or on the hub), else defaults."""
     local = Path(path) / CONFIG_NAME
     if local.is_file():

@@ -1,0 +1,97 @@
+"""Training checkpoints: adapter weights, optimizer and scheduler state, step. Safetensors + JSON only.
+
+A checkpoint directory is written under a temporary name and renamed into place, and `state.json`
+(written last) carries `"complete": true`; a directory without it is half-written and never loaded.
+No pickle: optimizer tensors go to safetensors, everything else to JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+
+logger = logging.getLogger(__name__)
+STATE = "state.json"
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, list]:
+    """Flatten optimizer state into named tensors plus JSON-able param groups."""
+    state = optimizer.state_dict()
+    tensors = {f"{index}.{key}": value.detach().cpu().contiguous()
+               for index, entries in state["state"].items() for key, value in entries.items()}
+    return tensors, state["param_groups"]
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict, groups: list) -> None:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def save_checkpoint(directory: Path, step: int, model, optimizer, scheduler, extra: dict) -> Path:
+    """Write checkpoint `step` atomically under `directory/step-XXXXXXX`."""
+    target = directory / f"step-{step:07d}"
+    directory.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=directory, prefix=".tmp-"))
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()},
+                  staging / "adapter.safetensors")
+        tensors, groups = _optimizer_tensors(optimizer)
+        save_file(tensors, staging / "optimizer.safetensors")
+        state = {"step": step, "param_groups": groups, "scheduler": scheduler.state_dict(), **extra, "complete": True}
+        (staging / STATE).write_text(json.dumps(state))
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def is_complete(path: Path) -> bool:
+    """True for a checkpoint whose files are all there and whose state says it finished writing."""
+    try:
+        state = json.loads((path / STATE).read_text())
+    except (OSError, ValueError):
+        return False
+    files = ("adapter.safetensors", "optimizer.safetensors")
+    return bool(state.get("complete")) and all((path / f).is_file() for f in files)
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    """Newest complete checkpoint; half-written ones are reported and skipped."""
+    if not directory.is_dir():
+        return None
+    for path in sorted(directory.glob("step-*"), reverse=True):
+        if is_complete(path):
+            return path
+        logger.warning("ignoring incomplete checkpoint %s", path)
+    return None
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+    """Restore adapter weights, optimizer and scheduler from `path`; return its state."""
+    if not is_complete(path):
+        raise ValueError(f"checkpoint {path} is incomplete or corrupt")
+    state = json.loads((path / STATE).read_text())
+    set_peft_model_state_dict(model, load_file(path / "adapter.safetensors"))
+    _restore_optimizer(optimizer, load_file(path / "optimizer.safetensors"), state["param_groups"])
+    scheduler.load_state_dict(state["scheduler"])
+    return state
+
+
+def prune_checkpoints(directory: Path, keep: int) -> None:
+    """Delete all but the newest `keep` complete checkpoints."""
+    complete = [p for p in sorted(directory.glob("step-*")) if is_complete(p)]
+    for path in complete[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)

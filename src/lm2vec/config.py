@@ -1,0 +1,178 @@
+"""Recipes: validated dataclasses for training, loaded from YAML with `key=value` overrides.
+
+Every field is checked in `__post_init__`, and unknown keys are errors, so a typo in a recipe fails
+before any model is loaded. Defaults are the LLM2Vec paper's values (arXiv 2404.05961, appendix);
+recipes lower step counts and lengths for CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .pooling import check_pooling_mode
+
+OBJECTIVES = ("mntp", "simcse", "supervised")
+PRECISIONS = ("auto", "no", "bf16", "fp16")
+
+
+class RecipeError(ValueError):
+    """A recipe has an unknown key or a bad value."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise RecipeError(message)
+
+
+@dataclass
+class LoraSettings:
+    """LoRA on every attention and MLP projection (LLM2Vec: r=16, alpha=32, dropout 0.05)."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+
+    def __post_init__(self) -> None:
+        _check(self.r >= 1 and self.alpha > 0, f"lora.r must be >= 1 and lora.alpha > 0, got {self.r}, {self.alpha}")
+        _check(0.0 <= self.dropout < 1.0, f"lora.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class StageConfig:
+    """One training stage: an objective, its data and its optimisation settings."""
+
+    objective: str
+    data: str | list[str]
+    name: str = ""
+    max_steps: int = 1000
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    max_length: int = 128
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    merge: bool = True  # merge the adapter into the weights before the next stage (LLM2Vec does for MNTP)
+    # MNTP
+    mask_rate: float = 0.2
+    mask_strategy: str = "80-10-10"
+    mask_token: str = "_"
+    # SimCSE / supervised
+    attention_dropout: float = 0.3
+    hidden_dropout: float | None = None
+    scale: float = 20.0  # 1 / temperature (0.05)
+    instruction: str | None = None  # supervised: default instruction for queries without their own
+    symmetric: bool = False  # supervised: instruction on both sides
+    data_limit: int | None = None
+    # loop
+    gradient_checkpointing: bool = False
+    precision: str = "auto"
+    save_every: int = 100
+    keep_checkpoints: int = 2
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lora, dict):
+            self.lora = _build(LoraSettings, self.lora, "lora")
+        self.name = self.name or self.objective
+        _check(self.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        _check(bool(self.data), f"stage {self.name!r}: data is required")
+        for key in ("max_steps", "batch_size", "grad_accum", "max_length", "save_every", "keep_checkpoints"):
+            _check(getattr(self, key) >= 1, f"stage {self.name!r}: {key} must be >= 1, got {getattr(self, key)}")
+        _check(self.lr > 0, f"stage {self.name!r}: lr must be > 0, got {self.lr}")
+        _check(0 <= self.warmup_steps <= self.max_steps, f"stage {self.name!r}: warmup_steps must be in [0, max_steps]")
+        _check(0 < self.mask_rate < 1, f"stage {self.name!r}: mask_rate must be in (0, 1), got {self.mask_rate}")
+        _check(self.mask_strategy in ("80-10-10", "all-mask"), f"stage {self.name!r}: bad mask_strategy")
+        _check(0 <= self.attention_dropout < 1, f"stage {self.name!r}: attention_dropout must be in [0, 1)")
+        _check(self.precision in PRECISIONS, f"stage {self.name!r}: precision must be one of {PRECISIONS}")
+        _check(self.scale > 0, f"stage {self.name!r}: scale must be > 0")
+        _check(self.objective != "simcse" or self.batch_size >= 2, "simcse needs batch_size >= 2 (in-batch negatives)")
+
+
+@dataclass
+class Recipe:
+    """A whole run: the model, the encoder's settings and the stages in order."""
+
+    stages: list[StageConfig]
+    name: str = "recipe"
+    model: str = "smollm2-135m"
+    pooling: str = "mean"
+    max_length: int = 512
+    bidirectional: bool = True
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.stages, list) and self.stages, "a recipe needs a non-empty list of stages")
+        self.stages = [s if isinstance(s, StageConfig) else _build(StageConfig, s, f"stages[{i}]")
+                       for i, s in enumerate(self.stages)]
+        check_pooling_mode(self.pooling)
+        names = [s.name for s in self.stages]
+        _check(len(set(names)) == len(names), f"stage names must be unique, got {names}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _build(cls, data: Any, where: str):
+    """Instantiate a config dataclass from a mapping, naming unknown keys and their location."""
+    _check(isinstance(data, dict), f"{where} must be a mapping, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    _check(not unknown, f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+    try:
+        return cls(**data)
+    except TypeError as error:  # a required key is missing
+        raise RecipeError(f"{where}: {error}") from None
+
+
+def _parse_value(text: str) -> Any:
+    """A command-line value as YAML would read it (numbers, booleans, lists, null)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    """Apply `a.b.c=value` to raw recipe data; a stage is addressed by its name or index."""
+    _check("=" in assignment, f"override {assignment!r} must look like key=value")
+    path, value = assignment.split("=", 1)
+    keys = path.strip().split(".")
+    stage_names = [s.get("name", s.get("objective")) for s in data.get("stages", []) if isinstance(s, dict)]
+    if len(keys) > 1 and keys[0] in stage_names:  # `mntp.max_steps=10` is short for `stages.mntp.max_steps=10`
+        keys = ["stages"] + keys
+    node: Any = data
+    for key in keys[:-1]:
+        if isinstance(node, list):
+            matches = [s for i, s in enumerate(node) if s.get("name", s.get("objective")) == key or str(i) == key]
+            _check(len(matches) == 1, f"override {assignment!r}: no single stage named {key!r}")
+            node = matches[0]
+        else:
+            node = node.setdefault(key, {})
+    _check(isinstance(node, dict), f"override {assignment!r} does not name a setting")
+    node[keys[-1]] = _parse_value(value)
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read a YAML recipe, apply overrides (`stages.mntp.max_steps=10`, `model=...`), validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise RecipeError(f"{path} is not valid YAML: {error}") from None
+    _check(isinstance(data, dict), f"{path}: a recipe must be a mapping with a 'stages' list")
+    for assignment in overrides:
+        apply_override(data, assignment)
+    return _build(Recipe, data, str(path))
+
+
+def dump_recipe(recipe: Recipe, path: str | Path) -> None:
+    """Write the resolved recipe next to the outputs, so a run can be reproduced exactly."""
+    Path(path).write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))

@@ -1,0 +1,169 @@
+"""The training loop on a tiny model: losses fall, resume is exact, checkpoints are safe, adapters load."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import byte_tokenizer, tiny_model
+from safetensors.torch import load_file
+
+from lm2vec import Encoder
+from lm2vec import checkpoint as ckpt
+from lm2vec.config import Recipe, RecipeError, StageConfig, load_recipe
+from lm2vec.train import StageRunner, batch_indices, linear_schedule, train
+
+SENTENCES = [f"sentence {i}: the {w} sat on the {v} near {i % 7} trees." for i, (w, v) in
+             enumerate((w, v) for w in ("cat", "dog", "bird", "fox") for v in ("mat", "log", "rug", "hill", "box"))]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny random Llama CausalLM saved like a real checkpoint, with the byte tokenizer."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama", causal_lm=True).save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "corpus.txt"
+    path.write_text("\n".join(SENTENCES) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def triplets(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "triplets.jsonl"
+    rows = [{"query": s, "positive": s.replace("sat", "rested"), "negatives": [SENTENCES[(i + 5) % len(SENTENCES)]]}
+            for i, s in enumerate(SENTENCES)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _stage(objective, data, **overrides):
+    settings = dict(objective=objective, data=str(data), max_steps=12, batch_size=4, max_length=32, lr=3e-3,
+                    warmup_steps=0, save_every=100, attention_dropout=0.1)
+    return StageConfig(**{**settings, **overrides})
+
+
+def _run(model_dir, stage, out, resume=False):
+    recipe = Recipe(stages=[stage], model=str(model_dir), max_length=32)
+    runner = StageRunner(recipe, stage, str(model_dir), out / "stage", out / "encoder", resume=resume, device="cpu")
+    runner.run()
+    return [json.loads(line)["loss"] for line in (out / "stage" / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("objective", ["mntp", "simcse", "supervised"])
+def test_training_lowers_the_loss(objective, model_dir, corpus, triplets, tmp_path):
+    data = triplets if objective == "supervised" else corpus
+    losses = _run(model_dir, _stage(objective, data, mask_rate=0.3), tmp_path)
+    assert len(losses) == 12
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.05, losses
+    assert (tmp_path / "stage" / "loss.png").stat().st_size > 1000
+    encoder = Encoder.from_pretrained(tmp_path / "encoder", device="cpu")
+    assert encoder.config.training[objective]["objective"] == objective
+    assert encoder.encode(["a cat"]).shape == (1, 64)
+
+
+def test_kill_and_resume_ends_with_the_same_weights(model_dir, corpus, tmp_path, monkeypatch):
+    stage = _stage("simcse", corpus, max_steps=6, save_every=2)
+    _run(model_dir, stage, tmp_path / "straight")
+    original = StageRunner.train_step
+
+    def crash_at_step_5(self, step):
+        if step == 4:
+            raise KeyboardInterrupt("killed")
+        return original(self, step)
+
+    monkeypatch.setattr(StageRunner, "train_step", crash_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        _run(model_dir, stage, tmp_path / "resumed")
+    monkeypatch.setattr(StageRunner, "train_step", original)
+    losses = _run(model_dir, stage, tmp_path / "resumed", resume=True)
+    a = load_file(tmp_path / "straight" / "encoder" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "encoder" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    straight = [json.loads(x)["loss"] for x in (tmp_path / "straight/stage/log.jsonl").read_text().splitlines()]
+    assert losses == straight  # the log is continuous, with no duplicated steps
+
+
+def test_half_written_checkpoint_is_skipped(model_dir, corpus, tmp_path):
+    stage = _stage("mntp", corpus, max_steps=4, save_every=2, keep_checkpoints=5)
+    _run(model_dir, stage, tmp_path)
+    directory = tmp_path / "stage" / "checkpoints"
+    good = directory / "step-0000002"
+    assert ckpt.is_complete(good)
+    broken = directory / "step-0000003"
+    broken.mkdir()
+    (broken / "adapter.safetensors").write_bytes(b"partial")
+    assert ckpt.latest_checkpoint(directory) == good
+    state = json.loads((good / "state.json").read_text())
+    (good / "state.json").write_text(json.dumps({**state, "complete": False}))
+    assert ckpt.latest_checkpoint(directory) is None
+    with pytest.raises(ValueError, match="incomplete"):
+        ckpt.load_checkpoint(good, None, None, None)
+
+
+def test_merged_and_unmerged_adapter_give_the_same_vectors(model_dir, corpus, tmp_path):
+    _run(model_dir, _stage("simcse", corpus, max_steps=3), tmp_path)
+    merged = Encoder.from_pretrained(tmp_path / "encoder", device="cpu")
+    unmerged = Encoder.from_pretrained(tmp_path / "stage" / "adapter", device="cpu")
+    merged_on_load = Encoder.from_pretrained(tmp_path / "stage" / "adapter", device="cpu", merge_adapter=True)
+    texts = ["a cat sat on the mat", "the dog", ("Retrieve:", "a bird on the hill")]
+    reference = merged.encode(texts)
+    assert np.abs(unmerged.encode(texts) - reference).max() < 1e-5
+    assert np.abs(merged_on_load.encode(texts) - reference).max() < 1e-5
+    base = Encoder.from_pretrained(model_dir, device="cpu")
+    assert np.abs(base.encode(texts) - reference).max() > 1e-4  # training changed something
+
+
+def test_multi_stage_recipe_chains_stages(model_dir, corpus, tmp_path):
+    recipe = Recipe(model=str(model_dir), max_length=32, stages=[
+        _stage("mntp", corpus, max_steps=2), _stage("simcse", corpus, max_steps=2)])
+    final = train(recipe, tmp_path, device="cpu")
+    config = json.loads((final / "lm2vec_config.json").read_text())
+    assert list(config["training"]) == ["mntp", "simcse"] and config["max_length"] == 32
+    adapter = json.loads((tmp_path / "stage2-simcse" / "adapter" / "lm2vec_config.json").read_text())
+    assert adapter["base_model"] == str((tmp_path / "stage1-mntp" / "merged").resolve())
+    assert (tmp_path / "recipe.yaml").is_file()
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = linear_schedule(optimizer, warmup=2, total=6)
+    rates = []
+    for _ in range(6):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([1 / 3, 2 / 3, 1.0, 0.75, 0.5, 0.25])
+    assert scheduler.get_last_lr()[0] == 0.0
+
+
+def test_batches_split_across_processes_like_one_big_batch():
+    stage = StageConfig(objective="simcse", data="x", batch_size=3, seed=1)
+    single = StageConfig(objective="simcse", data="x", batch_size=6, seed=1)
+    for step in range(4):
+        both = batch_indices(10, step, 0, stage, 0, 2) + batch_indices(10, step, 0, stage, 1, 2)
+        assert both == batch_indices(10, step, 0, single, 0, 1)
+
+
+def test_recipe_validation(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("stages:\n  - objective: mntp\n    data: x.txt\n    max_stepz: 3\n")
+    with pytest.raises(RecipeError, match=r"stages\[0\]: unknown key\(s\) \['max_stepz'\]"):
+        load_recipe(path)
+    path.write_text("stages:\n  - objective: mntp\n    data: x.txt\n")
+    recipe = load_recipe(path, ["mntp.max_steps=7", "model=/some/dir", "mntp.lora.r=4"])
+    assert recipe.stages[0].max_steps == 7 and recipe.model == "/some/dir" and recipe.stages[0].lora.r == 4
+    with pytest.raises(RecipeError, match="objective must be one of"):
+        load_recipe(path, ["mntp.objective=mlm"])
+    with pytest.raises(RecipeError, match="no single stage named 'simcse'"):
+        load_recipe(path, ["stages.simcse.lr=1"])
+    path.write_text("stages: [unclosed\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(path)
