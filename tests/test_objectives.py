@@ -151,16 +151,22 @@ def test_mntp_loss_from_hidden_without_labels_is_zero_and_backpropagates():
     assert torch.equal(hidden.grad, torch.zeros_like(hidden))
 
 
+DECODER = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+DECODER |= {"num_key_value_heads": 4, "pad_token_id": 0}
+TINY = {  # model_type -> config sizes: 2 layers, hidden 64, 4 heads, vocab 128
+    "llama": DECODER,
+    "qwen2": DECODER,
+    "gemma2": DECODER | {"head_dim": 16, "final_logit_softcapping": 0.5},  # small cap: it matters
+    "gpt2": {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 64},
+}
+
+
 def _tiny(model_type: str):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    extra = {"final_logit_softcapping": 0.5, "head_dim": 16} if model_type == "gemma2" else {}
-    if model_type == "gpt2":
-        sizes = dict(n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2)
-    else:
-        sizes = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
-        sizes |= dict(num_key_value_heads=4, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    config = AutoConfig.for_model(model_type, vocab_size=128, **sizes, **extra)
+    config = AutoConfig.for_model(
+        model_type, vocab_size=128, bos_token_id=BOS, eos_token_id=EOS, **TINY[model_type]
+    )
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config).eval()
 

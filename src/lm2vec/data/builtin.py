@@ -64,7 +64,9 @@ def wiki_leads_path() -> Path:
     """Path of the wiki-leads JSON inside the installed package, or a clear install instruction."""
     spec = importlib.util.find_spec(WIKI_LEADS_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise BuiltinCorpusMissing(f"built-in corpus 'wiki-leads' needs its data package: {WIKI_LEADS_INSTALL}")
+        raise BuiltinCorpusMissing(
+            f"built-in corpus 'wiki-leads' needs its data package: {WIKI_LEADS_INSTALL}"
+        )
     path = Path(spec.submodule_search_locations[0]) / WIKI_LEADS_FILE
     if not path.is_file():
         raise BuiltinCorpusMissing(f"{path} is missing; reinstall the data package: {WIKI_LEADS_INSTALL}")

@@ -84,11 +84,17 @@ def _finish_texts(records: Iterable[str], unit: str, min_chars: int) -> Iterator
         yield from (piece for piece in pieces if len(piece) >= max(min_chars, 1))
 
 
-def _path_texts(path: Path, fmt: str | None, column: str | None, unit: str, problems: Problems) -> Iterator[str]:
+def _path_texts(
+    path: Path, fmt: str | None, column: str | None, unit: str, problems: Problems
+) -> Iterator[str]:
     """Texts of one file, or of every non-hidden file below a directory in sorted order."""
     if not path.exists():
         raise DataError(f"{path}: no such file or directory")
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p, path)) if path.is_dir() else [path]
+    files = (
+        sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p, path))
+        if path.is_dir()
+        else [path]
+    )
     for file in files:
         yield from _file_texts(file, fmt or detect_format(file), column, unit, problems)
 
@@ -109,7 +115,10 @@ def _file_texts(path: Path, fmt: str, column: str | None, unit: str, problems: P
         return _wikiextractor_texts(path, problems)
     if fmt == "jsonl":
         return (text for _, text in iter_jsonl_field(path, column or DEFAULT_COLUMN, problems))
-    return (row[column or DEFAULT_COLUMN] for _, row in iter_table(path, problems, fmt, [column or DEFAULT_COLUMN]))
+    return (
+        row[column or DEFAULT_COLUMN]
+        for _, row in iter_table(path, problems, fmt, [column or DEFAULT_COLUMN])
+    )
 
 
 def detect_format(path: Path) -> str:
@@ -136,7 +145,7 @@ def open_text(path: Path, newline: str | None = None) -> TextIO:
     """
     with open(path, "rb") as raw:
         gzipped = raw.read(2) == b"\x1f\x8b"
-    binary = gzip.open(path, "rb") if gzipped else open(path, "rb")
+    binary = gzip.open(path, "rb") if gzipped else open(path, "rb")  # noqa: SIM115 (caller closes)
     return io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape", newline=newline)
 
 
@@ -196,7 +205,7 @@ def iter_jsonl(path: Path, problems: Problems) -> Iterator[tuple[str, dict[str, 
             problems.report(where, f"invalid JSON ({error.msg} at column {error.colno})")
             continue
         if not isinstance(record, dict):
-            problems.report(where, f"expected a JSON object, got {type(record).__name__}")
+            problems.report(where, f"expected a JSON object, got {json_type(record)}")
             continue
         yield where, record
 
@@ -211,13 +220,27 @@ def iter_jsonl_field(path: Path, column: str, problems: Problems) -> Iterator[tu
             yield where, text
 
 
+def json_type(value: Any) -> str:
+    """JSON's name for a parsed value's type (users write JSON, not Python)."""
+    names = {
+        type(None): "null",
+        bool: "boolean",
+        int: "number",
+        float: "number",
+        str: "string",
+        list: "array",
+        dict: "object",
+    }
+    return names.get(type(value), type(value).__name__)
+
+
 def string_field(record: dict[str, Any], key: str) -> tuple[str, str | None]:
     """``(value, None)`` if ``record[key]`` is a non-blank string, else ``("", reason)``."""
     if key not in record:
         return "", f"missing field {key!r}"
     value = record[key]
     if not isinstance(value, str):
-        return "", f"field {key!r} is {type(value).__name__}, not a string"
+        return "", f"field {key!r} is {json_type(value)}, not a string"
     if not value.strip():
         return "", f"empty field {key!r}"
     return value, None
@@ -313,11 +336,15 @@ def _hf_texts(spec: str, column: str, problems: Problems) -> Iterator[str]:
     try:
         import datasets
     except ImportError as error:
-        raise DataError(f"{spec}: Hugging Face datasets need the `datasets` package: pip install datasets") from error
+        raise DataError(
+            f"{spec}: Hugging Face datasets need the `datasets` package: pip install datasets"
+        ) from error
     try:
         rows = datasets.load_dataset(path, config, split=split, streaming=True)
     except Exception as error:  # network, unknown name, bad config: say which call failed
-        raise DataError(f"{spec}: load_dataset({path!r}, {config!r}, split={split!r}) failed: {error}") from error
+        raise DataError(
+            f"{spec}: load_dataset({path!r}, {config!r}, split={split!r}) failed: {error}"
+        ) from error
     for index, record in enumerate(rows):
         text, reason = string_field(record, column)
         if reason:
@@ -334,18 +361,24 @@ _BOUNDARY = re.compile(r"[.!?]+[\"'”’)\]]*\s+(?=[\"'“‘(\[]?[A-Z0-9])")
 _PREVIOUS_WORD = re.compile(r"(\S+)$")
 _NEXT_WORD = re.compile(r"[\"'“‘(\[]?(\w+)")
 _ACRONYM = re.compile(r"(?:[A-Za-z]\.)+[A-Za-z]")  # U.S, e.g, G.I, p.m (final "." is the candidate)
+# fmt: off
 # Never end a sentence: titles, Latin and reference abbreviations, months.
-NEVER_FINAL = frozenset(
-    "mr mrs ms dr prof rev hon gen col lt sgt capt cmdr adm gov sen rep pres st mt ft "
-    "e.g i.e cf vs v c ca approx no nos fig figs vol vols pp p ed eds op sp spp subg var "
-    "jan feb apr jun jul aug sep sept oct nov dec".split()
-)
+NEVER_FINAL = frozenset({
+    "mr", "mrs", "ms", "dr", "prof", "rev", "hon", "gen", "col", "lt", "sgt", "capt", "cmdr", "adm", "gov",
+    "sen", "rep", "pres", "st", "mt", "ft", "e.g", "i.e", "cf", "vs", "v", "c", "ca", "approx", "no", "nos",
+    "fig", "figs", "vol", "vols", "pp", "p", "ed", "eds", "op", "sp", "spp", "subg", "var", "jan", "feb",
+    "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec",
+})
 # Often end a sentence: split only when the next word is a common sentence opener.
-SOMETIMES_FINAL = frozenset("etc inc ltd co corp bros jr sr al".split())
-SENTENCE_OPENERS = frozenset(
-    "The A An In It Its This That These Those They He She His Her There Their As On At By For From "
-    "After Before Since During However When While Although Many Most Some Other Another".split()
-)
+SOMETIMES_FINAL = frozenset({
+    "etc", "inc", "ltd", "co", "corp", "bros", "jr", "sr", "al",
+})
+SENTENCE_OPENERS = frozenset({
+    "The", "A", "An", "In", "It", "Its", "This", "That", "These", "Those", "They", "He", "She", "His",
+    "Her", "There", "Their", "As", "On", "At", "By", "For", "From", "After", "Before", "Since", "During",
+    "However", "When", "While", "Although", "Many", "Most", "Some", "Other", "Another",
+})
+# fmt: on
 
 
 def split_sentences(text: str) -> list[str]:

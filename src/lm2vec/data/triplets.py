@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lm2vec.data.errors import DataError, OnError, Problems
-from lm2vec.data.text import detect_format, iter_jsonl, iter_lines, iter_table, string_field
+from lm2vec.data.text import detect_format, iter_jsonl, iter_lines, iter_table, json_type, string_field
 
 # Task instructions as used for these datasets in LLM2Vec's E5 training mix.
 NLI_INSTRUCTION = "Given a premise, retrieve a hypothesis that is entailed by the premise"
@@ -42,7 +42,11 @@ class Triplet:
     def to_dict(self) -> dict[str, Any]:
         """The JSONL record of this triplet (keys ``query, positive, negatives, instruction``)."""
         record = asdict(self)
-        return record if self.instruction is not None else {k: v for k, v in record.items() if k != "instruction"}
+        return (
+            record
+            if self.instruction is not None
+            else {k: v for k, v in record.items() if k != "instruction"}
+        )
 
 
 # ----------------------------------------------------------------------------- our own formats
@@ -72,8 +76,7 @@ def load_triplets(
 def save_triplets(triplets: list[Triplet], path: str | os.PathLike[str]) -> None:
     """Write triplets in the JSONL format that :func:`load_triplets` reads (UTF-8, one per line)."""
     with open(path, "w", encoding="utf-8") as handle:
-        for triplet in triplets:
-            handle.write(json.dumps(triplet.to_dict(), ensure_ascii=False) + "\n")
+        handle.writelines(json.dumps(triplet.to_dict(), ensure_ascii=False) + "\n" for triplet in triplets)
 
 
 def _jsonl_triplets(path: Path, problems: Problems) -> Iterator[Triplet]:
@@ -94,7 +97,7 @@ def triplet_from_record(record: dict[str, Any]) -> tuple[Triplet | None, str | N
     bad_instruction = (
         None
         if instruction is None or isinstance(instruction, str)
-        else f"field 'instruction' is {type(instruction).__name__}, not a string"
+        else f"field 'instruction' is {json_type(instruction)}, not a string"
     )
     reason = bad_query or bad_positive or bad_negatives or bad_instruction
     if reason:
@@ -109,10 +112,10 @@ def _negatives(record: dict[str, Any]) -> tuple[list[str], str | None]:
         return ([text], None) if not reason else ([], reason)
     values = record.get("negatives") or []
     if not isinstance(values, list):
-        return [], f"field 'negatives' is {type(values).__name__}, not a list"
+        return [], f"field 'negatives' is {json_type(values)}, not an array"
     for index, value in enumerate(values):
         if not isinstance(value, str):
-            return [], f"negatives[{index}] is {type(value).__name__}, not a string"
+            return [], f"negatives[{index}] is {json_type(value)}, not a string"
         if not value.strip():
             return [], f"empty negatives[{index}]"
     return values, None
@@ -301,7 +304,9 @@ def wikisplit_triplets(
     problems = Problems(on_error)
     triplets = []
     for file in files:
-        for where, row in iter_table(file, problems, "tsv", ["complex", "split"], header=["complex", "split"]):
+        for where, row in iter_table(
+            file, problems, "tsv", ["complex", "split"], header=["complex", "split"]
+        ):
             if "<::::>" not in row["split"]:
                 problems.report(where, "split column has no '<::::>' separator")
                 continue
@@ -312,14 +317,14 @@ def wikisplit_triplets(
     return triplets
 
 
-_DETOKENIZE_RULES: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"(?:``|'') (.*?) ''"), r'"\1"'),  # paired double quotes
+_DETOKENIZE_RULES: list[tuple[re.Pattern[str], Any]] = [
+    (re.compile(r"(?:``|'') (.*?) ''"), lambda m: f'"{m.group(1)}"'),  # paired double quotes
     (re.compile(r"``|''"), '"'),
-    (re.compile(r" (n't|'s|'re|'ve|'ll|'d|'m)\b", re.IGNORECASE), r"\1"),
-    (re.compile(r"(?<!\S)' ([^']*?) '(?!\S)"), r"'\1'"),  # paired single quotes, after clitics
-    (re.compile(r" ([.,;:!?%)\]}])"), r"\1"),
-    (re.compile(r"([(\[{$£€]) "), r"\1"),
-    (re.compile(r"(?<=\w) ([-/]) (?=\w)"), r"\1"),  # so - called -> so-called, and / or -> and/or
+    (re.compile(r" (?=(?:n't|'s|'re|'ve|'ll|'d|'m)\b)", re.IGNORECASE), ""),  # clitics: she 's -> she's
+    (re.compile(r"(?<!\S)' ([^']*?) '(?!\S)"), lambda m: f"'{m.group(1)}'"),  # paired single quotes
+    (re.compile(r" (?=[.,;:!?%)\]}])"), ""),
+    (re.compile(r"(?<=[(\[{$£€]) "), ""),
+    (re.compile(r"(?<=\w) (?=[-/] \w)|(?<=\w [-/]) (?=\w)"), ""),  # so - called -> so-called
 ]
 
 
@@ -337,7 +342,11 @@ def detokenize_ptb(text: str) -> str:
 
 # ----------------------------------------------------------------------------- dispatcher
 
-PAIR_SOURCES: dict[str, Any] = {"snli": snli_triplets, "msmarco": msmarco_triplets, "wikisplit": wikisplit_triplets}
+PAIR_SOURCES: dict[str, Any] = {
+    "snli": snli_triplets,
+    "msmarco": msmarco_triplets,
+    "wikisplit": wikisplit_triplets,
+}
 
 
 def load_pairs_source(spec: str | os.PathLike[str], *, on_error: OnError = "skip") -> list[Triplet]:
@@ -347,6 +356,7 @@ def load_pairs_source(spec: str | os.PathLike[str], *, on_error: OnError = "skip
     if kind in PAIR_SOURCES and rest:
         return PAIR_SOURCES[kind](rest, on_error=on_error)
     if re.fullmatch(r"[a-z]{2,}", kind) and rest and not Path(text).exists():
-        raise DataError(f"{text!r}: unknown source type {kind!r}; use one of {', '.join(PAIR_SOURCES)}: or a path")
+        raise DataError(
+            f"{text!r}: unknown source type {kind!r}; use one of {', '.join(PAIR_SOURCES)}: or a path"
+        )
     return load_triplets(text, on_error=on_error)
-

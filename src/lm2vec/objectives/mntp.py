@@ -31,7 +31,8 @@ def mask_tokens(
     first real token has no real predecessor to be predicted from.
     strategy "80-10-10" (BERT, used by LLM2Vec for Llama): selected -> 80% mask, 10% random, 10% kept.
     strategy "all-mask" (LLM2Vec used rate 0.8 all-mask for Mistral): every selected -> mask token.
-    Llama-style tokenizers have no mask token; LLM2Vec used "_" in its place.
+    Selection is Bernoulli per token, as in Hugging Face's MLM collator that LLM2Vec used; `generator`
+    must live on input_ids' device. Llama-style tokenizers have no mask token; LLM2Vec used "_".
     """
     if strategy not in ("80-10-10", "all-mask"):
         raise ValueError(f"unknown masking strategy {strategy!r}; use '80-10-10' or 'all-mask'")
