@@ -70,6 +70,7 @@ class StageConfig:
     instruction: str | None = None  # supervised: default instruction for queries without their own
     symmetric: bool = False  # supervised: instruction on both sides
     data_limit: int | None = None
+    text_unit: str = "line"  # line | paragraph | sentence: what one training text is (builtin corpora: paragraph)
     # loop
     gradient_checkpointing: bool = False
     precision: str = "auto"
@@ -92,6 +93,7 @@ class StageConfig:
         _check(0 <= self.attention_dropout < 1, f"stage {self.name!r}: attention_dropout must be in [0, 1)")
         _check(self.precision in PRECISIONS, f"stage {self.name!r}: precision must be one of {PRECISIONS}")
         _check(self.scale > 0, f"stage {self.name!r}: scale must be > 0")
+        _check(self.text_unit in ("line", "paragraph", "sentence"), f"stage {self.name!r}: bad text_unit")
         _check(self.objective != "simcse" or self.batch_size >= 2, "simcse needs batch_size >= 2 (in-batch negatives)")
 
 

@@ -28,7 +28,7 @@ def _sources(data: str | list[str]) -> list[str]:
 
 def load_corpus(stage: StageConfig) -> list[str]:
     """Raw texts for MNTP / SimCSE from one or more sources (files, hf:, builtin:)."""
-    texts = [t for source in _sources(stage.data) for t in load_texts(source, min_chars=5)]
+    texts = [t for source in _sources(stage.data) for t in load_texts(source, unit=stage.text_unit, min_chars=5)]
     if not texts:
         raise ValueError(f"stage {stage.name!r}: no texts found in {stage.data}")
     return texts[: stage.data_limit]

