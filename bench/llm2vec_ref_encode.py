@@ -61,15 +61,17 @@ def encode(args: argparse.Namespace) -> dict:
     texts = read_texts(args.input)
     # llm2vec.encode wraps a plain string as ["", text]; an instruction goes in the first slot.
     inputs = [[args.instruction or "", t] for t in texts]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     vectors = model.encode(inputs, batch_size=args.batch_size, show_progress_bar=False,
                            convert_to_numpy=True)
     wall = time.perf_counter() - t0
+    cpu_per_wall = (time.process_time() - c0) / wall  # well below --threads: cores were shared
     tokens = count_tokens(model, inputs)
     stats = {"n_texts": len(texts), "model_class": type(model.model).__name__,
              "attn_implementation": model.model.config._attn_implementation,
              "load_s": round(load_s, 3), "wall_s": round(wall, 3), "tokens": tokens,
              "tokens_per_s": round(tokens / wall, 1), "texts_per_s": round(len(texts) / wall, 2),
+             "cpu_per_wall": round(cpu_per_wall, 2),
              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
              "torch": torch.__version__, "threads": args.threads, **{k: v for k, v in vars(args).items()
                                                                      if k not in ("threads",)}}

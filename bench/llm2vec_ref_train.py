@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import time
@@ -142,25 +143,29 @@ def build_simcse(args):
     return model, batches, step_loss, 3e-5  # lr from train_configs/simcse/*.json
 
 
-def train_steps(model, batches, step_loss, lr: float, grad_ckpt: bool) -> tuple[list[float], list[float]]:
-    """One Trainer-like step per batch: loss, backward, clip (max_grad_norm 1.0), AdamW, zero_grad."""
+def train_steps(model, batches, step_loss, lr: float, grad_ckpt: bool) -> dict[str, list[float]]:
+    """One Trainer-like step per batch: loss, backward, clip (max_grad_norm 1.0), AdamW, zero_grad.
+
+    Also records process CPU seconds per step: CPU/wall well below --threads means other processes
+    competed for the cores and the wall times are inflated."""
     if grad_ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    times, losses = [], []
+    times, cpu, losses = [], [], []
     for i, batch in enumerate(batches):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = step_loss(batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         losses.append(loss.item())
-        print(f"step {i}: {times[-1]:.2f} s  loss {losses[-1]:.4f}", flush=True)
-    return times, losses
+        print(f"step {i}: {times[-1]:.2f} s (cpu {cpu[-1]:.1f} s)  loss {losses[-1]:.4f}", flush=True)
+    return {"times": times, "cpu": cpu, "losses": losses}
 
 
 def peak_rss_mb() -> float:
@@ -174,15 +179,19 @@ def main(argv=None) -> None:
     build = build_mntp if args.objective == "mntp" else build_simcse
     model, batches, step_loss, lr = build(args)
     rss_after_load = peak_rss_mb()
-    times, losses = train_steps(model, batches, step_loss, lr, args.gradient_checkpointing)
-    timed = times[1:] or times
+    load_before = os.getloadavg()[0]
+    run = train_steps(model, batches, step_loss, lr, args.gradient_checkpointing)
+    times, timed = run["times"], run["times"][1:] or run["times"]
     result = {"objective": args.objective, "model_dir": args.model_dir, "batch_size": args.batch_size,
               "seq_len": args.seq_len, "steps": len(times), "timed_steps": len(timed),
               "threads": args.threads, "gradient_checkpointing": args.gradient_checkpointing,
               "packed_rows": args.objective == "mntp" or not args.no_pack,
-              "step_times_s": [round(t, 3) for t in times], "mean_step_s": round(statistics.mean(timed), 3),
+              "step_times_s": [round(t, 3) for t in times], "step_cpu_s": [round(c, 2) for c in run["cpu"]],
+              "min_step_s": round(min(timed), 3), "mean_step_s": round(statistics.mean(timed), 3),
               "median_step_s": round(statistics.median(timed), 3),
-              "steps_per_s": round(1 / statistics.mean(timed), 4), "losses": [round(x, 4) for x in losses],
+              "steps_per_s": round(1 / statistics.mean(timed), 4), "losses": [round(x, 4) for x in run["losses"]],
+              "cpu_per_wall": round(sum(run["cpu"][1:] or run["cpu"]) / sum(timed), 2),
+              "loadavg_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
               "peak_rss_after_load_mb": rss_after_load, "peak_rss_mb": peak_rss_mb(),
               "llm2vec": "0.2.3", "torch": torch.__version__}
     print(json.dumps(result, indent=2))

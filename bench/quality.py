@@ -93,7 +93,7 @@ def variants(base: str, trained: dict[str, Path]) -> dict[str, dict]:
     }
     reference = minilm_dir()
     if reference:
-        rows["all-MiniLM-L6-v2 (reference encoder)"] = dict(model=reference, pooling="mean")
+        rows["all-MiniLM-L6-v2 (reference encoder)"] = dict(model=reference, pooling="mean", pool_leading_specials=True)
     return rows
 
 

@@ -70,6 +70,17 @@ def test_instruction_is_attended_but_not_pooled():
     assert np.allclose(encoder.encode([text], instruction=instruction), got, atol=1e-5)
 
 
+def test_leading_bos_is_attended_but_not_pooled_unless_asked():
+    encoder = tiny_encoder()
+    [tok] = encoder.tokenize([(None, "a cat sat")])
+    assert tok.ids[0] == 1 and tok.skip == 1  # byte tokenizer adds <s>; LLM2Vec pools only the text
+    with torch.no_grad():
+        states = encoder.hidden_states(encoder.collate([tok]))[0]
+    assert np.abs(encoder.encode(["a cat sat"])[0] - states[1:].mean(dim=0).numpy()).max() < 1e-5
+    encoder.config.pool_leading_specials = True
+    assert encoder.tokenize([(None, "a cat sat")])[0].skip == 0
+
+
 def test_save_then_load_gives_identical_vectors(tmp_path):
     encoder = tiny_encoder(pooling="weighted_mean", max_length=64)
     texts = ["one sentence", ("An instruction:", "another one")]

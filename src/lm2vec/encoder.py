@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from .batching import pad_batch, plan_batches
 from .bidirectional import make_bidirectional
 from .instructions import DEFAULT_TEMPLATE, TokenizedText, format_prefix, tokenize_with_instruction
+from .model_card import write_model_card
 from .models import resolve_model_path
 from .pooling import check_pooling_mode, pool
 
@@ -43,6 +44,7 @@ class EncoderConfig:
     max_length: int = 512
     instruction_template: str = DEFAULT_TEMPLATE
     padding_side: str = "right"
+    pool_leading_specials: bool = False  # pool a leading BOS/[CLS] too (sentence-transformers BERT style)
     base_model: str | None = None
     training: dict = field(default_factory=dict)  # stages and their settings, filled by lm2vec.train
 
@@ -174,7 +176,8 @@ class Encoder(nn.Module):
     def tokenize(self, items: list[tuple[str | None, str]]) -> list[TokenizedText]:
         """Token ids per text, with how many instruction tokens pooling must skip."""
         c = self.config
-        return [tokenize_with_instruction(self.tokenizer, t, i, c.max_length, c.instruction_template) for i, t in items]
+        return [tokenize_with_instruction(self.tokenizer, t, i, c.max_length, c.instruction_template,
+                                          c.pool_leading_specials) for i, t in items]
 
     def collate(self, tokenized: list[TokenizedText], padding_side: str | None = None) -> dict[str, torch.Tensor]:
         """Pad tokenized texts into model-ready tensors (see batching.pad_batch)."""
@@ -235,6 +238,7 @@ class Encoder(nn.Module):
             self.tokenizer.save_pretrained(staging)
             payload = {**asdict(self.config), "lm2vec_version": _version()}
             (staging / CONFIG_NAME).write_text(json.dumps(payload, indent=2) + "\n")
+            write_model_card(staging, self, previous=target)  # README.md; a hand-written card is kept
             _replace_dir(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

@@ -52,10 +52,28 @@ def _truncate(ids: list[int], specials: list[int], max_length: int) -> list[int]
     return ids[:max_length]
 
 
+def _leading_specials(specials: list[int]) -> int:
+    """How many special tokens (BOS and the like) open the sequence."""
+    count = 0
+    while count < len(specials) and specials[count]:
+        count += 1
+    return count
+
+
 def tokenize_with_instruction(
-    tokenizer, text: str, instruction: str | None, max_length: int, template: str = DEFAULT_TEMPLATE
+    tokenizer,
+    text: str,
+    instruction: str | None,
+    max_length: int,
+    template: str = DEFAULT_TEMPLATE,
+    pool_leading_specials: bool = False,
 ) -> TokenizedText:
-    """Tokenize `prefix + text`, report the instruction's token count and whether it was truncated."""
+    """Tokenize `prefix + text`, report how many leading tokens pooling skips and whether it truncated.
+
+    Leading special tokens (a BOS) are attended to but, like the instruction, not pooled unless
+    `pool_leading_specials`: LLM2Vec pools the text's own tokens only, and a BOS state is an attention
+    sink with outsized activations that would dominate a mean. (BERT-style encoders, whose
+    sentence-transformers pooling includes [CLS], set it to True.)"""
     prefix = format_prefix(instruction, template)
     enc = tokenizer(
         prefix + text,
@@ -66,6 +84,8 @@ def tokenize_with_instruction(
     )
     ids = enc["input_ids"]
     skip = _count_prefix_tokens(enc["offset_mapping"], len(prefix)) if prefix else 0
+    if not pool_leading_specials:
+        skip = max(skip, _leading_specials(enc["special_tokens_mask"]))
     kept = _truncate(ids, enc["special_tokens_mask"], max_length)
     skip = min(skip, len(kept) - 1)  # always pool at least one token
     return TokenizedText(ids=kept, skip=skip, truncated=len(kept) < len(ids))
