@@ -127,6 +127,7 @@ def evaluate(
     output: Path = typer.Option(Path("results"), "--output", "-o", help="results JSON and embedding cache"),
     instructions: Path = typer.Option(None, help="JSON {task: instruction} overriding LLM2Vec's defaults"),
     batch_size: int = typer.Option(32, min=1),
+    limit: int = typer.Option(None, min=1, help="sample each local evaluation split to at most N rows"),
     pooling: str = typer.Option(None),
     bidirectional: bool = typer.Option(None, "--bidirectional/--causal", help="default: the model's setting"),
     device: str = typer.Option(None),
@@ -138,7 +139,36 @@ def evaluate(
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     encoder = Encoder.from_pretrained(model, pooling=pooling, bidirectional=bidirectional, device=device)
     run_mteb(encoder, names, data_dir=data_dir, output_dir=output, instructions_file=instructions,
-             batch_size=batch_size)
+             batch_size=batch_size, limit=limit)
+
+
+@app.command()
+def probe(
+    model: str = typer.Argument(DEFAULT_MODEL, help="built-in name, local directory or hub id"),
+    task: str = typer.Option("conll2003-ner", help="comma-separated: conll2003-pos, conll2003-chunk, conll2003-ner, "
+                             "conll2000-chunk"),
+    data_dir: Path = typer.Option(..., help="data pack holding word/CoNLL-2003 and word/CoNLL-2000"),
+    output: Path = typer.Option(Path("results"), "--output", "-o", help="probe_results.json and feature cache"),
+    train_limit: int = typer.Option(None, min=1, help="seeded sample of N training sentences"),
+    test_limit: int = typer.Option(None, min=1, help="seeded sample of N test sentences"),
+    pooling: str = typer.Option("first", help="word vector: first | mean of its sub-tokens"),
+    shift: bool = typer.Option(None, "--shift/--no-shift", help="read token i from position i-1 (default: on "
+                               "for MNTP-trained models)"),
+    bidirectional: bool = typer.Option(None, "--bidirectional/--causal", help="default: the model's setting"),
+    batch_size: int = typer.Option(32, min=1),
+    device: str = typer.Option(None),
+) -> None:
+    """Word-level linear probes on frozen token states (LLM2Vec §3.2): accuracy, entity/chunk F1."""
+    from .encoder import Encoder
+    from .eval.probes import ProbeSettings, check_tasks, print_table, probe_tasks
+
+    names = [t.strip() for t in task.split(",") if t.strip()]
+    settings = ProbeSettings(pooling, shift, train_limit, test_limit, batch_size=batch_size)
+    check_tasks(names, data_dir)  # before the model loads
+    encoder = Encoder.from_pretrained(model, bidirectional=bidirectional, device=device)
+    results = probe_tasks(encoder, names, data_dir, settings, cache_dir=output / "embedding_cache", output_dir=output,
+                          show_progress=True)
+    print_table(results, title=f"word-level probes: {model}")
 
 
 DEMO_PAIRS = [
@@ -206,6 +236,63 @@ def demo(
     final = run_training(loaded, output, resume=True)
     after = _demo_table(str(final), f"after {loaded.name}")
     console.print(f"paraphrase gap: {before:+.3f} before, {after:+.3f} after training (loss curves: {output}/*/loss.png)")
+
+
+@app.command()
+def serve(
+    model: str = typer.Argument(..., help="built-in name, local directory or hub id"),
+    host: str = typer.Option("127.0.0.1", help="interface to bind (0.0.0.0 exposes it to the network)"),
+    port: int = typer.Option(8080, min=1, max=65535),
+    api_key: str = typer.Option(None, envvar="LM2VEC_API_KEY", help="require 'Authorization: Bearer KEY'"),
+    served_model_name: str = typer.Option(None, help="name returned in responses (default: MODEL's name)"),
+    max_batch_size: int = typer.Option(32, min=1, help="rows per forward pass; 1 disables batching"),
+    max_batch_tokens: int = typer.Option(8192, min=1, help="padded tokens per forward pass"),
+    merge_requests: bool = typer.Option(True, help="merge concurrent requests into shared batches"),
+    max_wait_ms: float = typer.Option(2.0, min=0, help="wait this long for companions before a batch"),
+    max_queue: int = typer.Option(4096, min=1, help="inputs waiting before new requests get 503"),
+    max_inputs: int = typer.Option(512, min=1, help="inputs per request"),
+    max_length: int = typer.Option(None, min=1, help="tokens per input (default: the model's)"),
+    truncate: bool = typer.Option(False, help="cut over-long inputs instead of refusing them with 400"),
+    max_body_mb: float = typer.Option(8.0, min=0.001, help="request body limit, MiB"),
+    timeout: float = typer.Option(60.0, min=0.001, help="per-request timeout, seconds (504)"),
+    normalize: bool = typer.Option(True, help="unit-length vectors, as OpenAI returns"),
+    device: str = typer.Option(None),
+    dtype: str = typer.Option(None, help="float32 | bfloat16 | float16 (default: float32 on CPU)"),
+) -> None:
+    """Serve MODEL with an OpenAI-compatible POST /v1/embeddings (plus /health and /metrics)."""
+    from .encoder import Encoder
+    from .server import ServerSettings
+    from .server import serve as run_server
+    from .serving_queue import QueueSettings
+
+    encoder = Encoder.from_pretrained(model, max_length=max_length, device=device, dtype=dtype, merge_adapter=True)
+    queue = QueueSettings(max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens,
+                          max_queue_inputs=max_queue, max_wait_s=max_wait_ms / 1000, merge_requests=merge_requests)
+    name = served_model_name or (Path(model).name if Path(model).is_dir() else model)
+    settings = ServerSettings(model_name=name, max_inputs=min(max_inputs, max_queue), truncate=truncate,
+                              max_body_bytes=int(max_body_mb * 1024 * 1024), normalize=normalize,
+                              request_timeout_s=timeout, api_key=api_key or None, queue=queue)
+    run_server(encoder, settings, host=host, port=port)
+
+
+@app.command(name="export")
+def export_model(
+    model: str = typer.Argument(..., help="built-in name, local directory (trained encoder or adapter) or hub id"),
+    output: Path = typer.Argument(..., help="folder to write (replaced if it exists)"),
+    format: str = typer.Option(..., "--format", "-f", help="sentence-transformers | merged"),
+    prompt: list[str] = typer.Option([], help="sentence-transformers prompt NAME=INSTRUCTION (repeatable)"),
+    eval_results: Path = typer.Option(None, exists=True, dir_okay=False, help="evaluation JSON for the model card"),
+    verify: bool = typer.Option(True, help="reload the export and check it gives lm2vec's vectors"),
+    dtype: str = typer.Option(None, help="weights dtype (default float32)"),
+) -> None:
+    """Write MODEL as a sentence-transformers folder or as plain merged safetensors, with a model card."""
+    from .export import export as run_export
+
+    prompts = dict(item.split("=", 1) for item in prompt if "=" in item)
+    if len(prompts) != len(prompt):
+        raise ValueError("--prompt takes NAME=INSTRUCTION")
+    report = run_export(model, output, format, prompts=prompts, eval_results=eval_results, verify=verify, dtype=dtype)
+    console.print(f"wrote {format} export to {output}" + (f" (min cosine vs lm2vec {report:.6f})" if report else ""))
 
 
 def main() -> None:
