@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.util
-import json
 import platform
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch

@@ -43,11 +43,11 @@ def packed_rows(tokenizer, path: Path, seq_len: int, count: int) -> list[str]:
 def run_lm2vec(args) -> dict:
     """Worker: our real training loop for --steps steps; step times from its own log."""
     import torch
+    from transformers import AutoTokenizer
 
     from lm2vec.config import Recipe, StageConfig
     from lm2vec.models import resolve_model_path
     from lm2vec.train import StageRunner
-    from transformers import AutoTokenizer
 
     torch.set_num_threads(args.threads)
     path = resolve_model_path(args.model)

@@ -106,7 +106,8 @@ def test_openai_shape_and_vectors_equal_encode(encoder, expected):
 def test_base64_dimensions_tokens_and_instruction(encoder, expected):
     text = POOL[7]
     with running(encoder) as (url, _, _):
-        post = lambda body: httpx.post(f"{url}/v1/embeddings", json=body).json()
+        def post(body):
+            return httpx.post(f"{url}/v1/embeddings", json=body).json()
         raw = base64.b64decode(post({"input": [text], "encoding_format": "base64"})["data"][0]["embedding"])
         assert np.abs(np.frombuffer(raw, dtype="<f4") - expected[text]).max() < 1e-6
         short = vectors_of(post({"input": text, "dimensions": 16}))[0]
@@ -252,7 +253,8 @@ def test_metrics_and_health(encoder):
 
 def test_api_key_is_required_when_set(encoder):
     with running(encoder, api_key="s3cret") as (url, _, _):
-        post = lambda headers: httpx.post(f"{url}/v1/embeddings", json={"input": "hi"}, headers=headers)
+        def post(headers):
+            return httpx.post(f"{url}/v1/embeddings", json={"input": "hi"}, headers=headers)
         assert post({}).status_code == 401
         denied = post({"Authorization": "Bearer wrong"})
         assert denied.status_code == 401 and denied.json()["error"]["type"] == "authentication_error"

@@ -45,7 +45,7 @@ def set_causal(model: nn.Module, causal: bool) -> nn.Module:
         for key, value in EXTRA_CONFIG_FLAGS.get(config.model_type, {}).items():
             setattr(config, key, (not causal) if isinstance(value, bool) else value)
     for module in model.modules():
-        if hasattr(module, "is_causal") and not isinstance(getattr(module, "is_causal"), torch.Tensor):
+        if hasattr(module, "is_causal") and not isinstance(module.is_causal, torch.Tensor):
             module.is_causal = causal
     return model
 
