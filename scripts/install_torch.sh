@@ -10,8 +10,9 @@ fi
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   exec "$PY" -m pip install "torch>=2.4"
 fi
-# No GPU: a CPU wheel from local wheel folders (pip's find-links) if the machine has one, else the CPU index.
-if "$PY" -m pip install --no-index "torch==${TORCH_CPU_VERSION}" 2>/dev/null; then
-  exit 0
+# No GPU: a CPU wheel from local wheel folders (pip's find-links) if the machine has one (its
+# dependencies then come from the usual index), else PyTorch's CPU index.
+if "$PY" -m pip install -q --no-index --no-deps "torch==${TORCH_CPU_VERSION}" 2>/dev/null; then
+  exec "$PY" -m pip install -q "torch==${TORCH_CPU_VERSION}"
 fi
 exec "$PY" -m pip install "torch==${TORCH_CPU_VERSION}" --index-url https://download.pytorch.org/whl/cpu
