@@ -36,7 +36,7 @@ PROFILES = {  # steps / batch / length per stage, and how much of each evaluatio
     "cpu": dict(mntp=dict(max_steps=60, batch_size=16, max_length=128, lr=1e-4, warmup_steps=6),
                 simcse=dict(max_steps=120, batch_size=32, max_length=64, lr=1e-4, warmup_steps=12),
                 supervised=dict(max_steps=100, batch_size=16, max_length=64, lr=1e-4, warmup_steps=10),
-                eval_limit=600, probe_train=1000, probe_test=500, batch_size=64),
+                eval_limit=600, probe_train=1000, probe_test=1000, batch_size=64),
     "gpu": dict(mntp=dict(max_steps=1000, batch_size=32, max_length=512, lr=5e-5, warmup_steps=100),
                 simcse=dict(max_steps=1000, batch_size=128, max_length=128, lr=3e-5, warmup_steps=100),
                 supervised=dict(max_steps=1000, batch_size=128, max_length=128, lr=2e-4, warmup_steps=300),
@@ -107,7 +107,7 @@ def evaluate_variant(name: str, settings: dict, args, profile: dict, work: Path)
     scores = {task: None if r["main_score"] is None else 100 * r["main_score"] for task, r in results.items()}
     for task in PROBES:
         result = probe(encoder, task, args.data_dir, train_limit=profile["probe_train"],
-                       test_limit=profile["probe_test"], cache_dir=out / "probe_cache")
+                       test_limit=profile["probe_test"], pooling="mean", cache_dir=out / "probe_cache")
         scores[task] = 100 * result["main_score"]
     return scores
 
