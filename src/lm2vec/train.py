@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -35,6 +36,8 @@ from .tasks import TASKS
 
 logger = logging.getLogger(__name__)
 DONE = "DONE"
+# peft still calls a transformers property renamed in 5.x; the warning says nothing to our users.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 # ---- processes --------------------------------------------------------------------------------
