@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 
 from lm2vec import Encoder
+from lm2vec.atomic import write_json_atomic
 from lm2vec.config import Recipe, StageConfig
-from lm2vec.eval.mteb import evaluate, write_json_atomic
+from lm2vec.eval.mteb import evaluate
 from lm2vec.train import train
 
 STS = ["STSBenchmark", "SICK-R", "STS12", "STS13", "STS14", "STS15", "STS16", "BIOSSES"]

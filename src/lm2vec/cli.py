@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import click
@@ -17,28 +15,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Turn decoder
 console = Console()
 
 
-def _save_npy_atomic(path: Path, array) -> None:
-    """Write an .npy next to its destination, then rename: a crash never leaves half a file."""
-    import numpy as np
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _read_inputs(path: Path, column: str) -> list:
     """Texts from .txt (one per line) or .csv/.tsv; .jsonl rows may carry their own "instruction"."""
     from .data.errors import Problems
     from .data.text import detect_format, iter_jsonl_field, load_texts
 
-    if detect_format(path) != "jsonl":
-        return load_texts(path, column=column, on_error="raise")
+    fmt = detect_format(path)
+    if fmt != "jsonl":
+        return load_texts(path, column=None if fmt == "text" else column, on_error="raise")
     from .data.text import iter_jsonl
 
     problems = Problems("raise")
@@ -61,13 +45,14 @@ def encode(
     device: str = typer.Option(None),
 ) -> None:
     """Embed every text of a file and save the vectors as .npy, in input order."""
+    from .atomic import save_npy_atomic
     from .encoder import Encoder
 
     texts = _read_inputs(input, column)
     encoder = Encoder.from_pretrained(model, pooling=pooling, max_length=max_length, device=device)
     vectors = encoder.encode(texts, instruction=instruction, batch_size=batch_size, normalize=normalize,
                              show_progress=True)
-    _save_npy_atomic(output, vectors)
+    save_npy_atomic(output, vectors)
     console.print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} vectors to {output}")
 
 

@@ -15,7 +15,6 @@ import json
 import math
 import os
 import random
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from datasets import Dataset, DatasetDict
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.similarity_functions import cos_sim, pairwise_cos_sim
 
+from ..atomic import write_json_atomic
 from .cache import EmbeddingCache
 from .instructions import load_instructions, select_instruction
 from .local_data import load_local
@@ -208,20 +208,6 @@ def summarize(task: mteb.AbsTask, result: mteb.TaskResult) -> dict[str, Any]:
         "scores": scores,
         "evaluation_time_s": result.evaluation_time,
     }
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Temp file in the same folder, then os.replace: readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _previous_report(path: Path, fingerprint: str) -> dict[str, Any]:

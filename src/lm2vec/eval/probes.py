@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, fields, replace
@@ -31,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..atomic import write_json_atomic
 from ..batching import plan_batches
 from ..instructions import TokenizedText, _truncate
 from .cache import EmbeddingCache
@@ -391,16 +390,7 @@ def write_results(encoder: Any, results: dict[str, dict], path: Path) -> None:
         report = {}
     report.update(model=encoder.name_or_path, fingerprint=fingerprint)
     report.setdefault("tasks", {}).update(results)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomic(path, report)
 
 
 def print_table(results: dict[str, dict], title: str = "word-level probes") -> None:
