@@ -40,8 +40,22 @@ def packed_rows(tokenizer, path: Path, seq_len: int, count: int) -> list[str]:
     return rows
 
 
+def full_vocab_mntp_loss(hidden, lm_head, labels, softcap=None):
+    """llm2vec's MNTP loss computation (LlamaBiForMNTP and kin): logits for EVERY position over the whole
+    vocabulary, then cross-entropy with -100 on the unmasked ones. Same value as lm2vec's loss."""
+    import torch.nn.functional as F
+
+    logits = lm_head(hidden).float()  # (B, T, V)
+    if softcap is not None:
+        import torch
+
+        logits = torch.tanh(logits / softcap) * softcap
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
+
+
 def run_lm2vec(args) -> dict:
-    """Worker: our real training loop for --steps steps; step times from its own log."""
+    """Worker: our real training loop for --steps steps (with --worker full-vocab, llm2vec's MNTP loss
+    computation swapped in, for models llm2vec 0.2.3 cannot load)."""
     import torch
     from transformers import AutoTokenizer
 
@@ -58,6 +72,10 @@ def run_lm2vec(args) -> dict:
         stage = StageConfig(objective=args.objective, data=str(corpus), max_steps=args.steps, batch_size=args.batch_size,
                             max_length=args.seq_len, save_every=10**6, warmup_steps=0, text_unit="line")
         runner = StageRunner(Recipe(stages=[stage], model=path), stage, path, Path(tmp) / "s", Path(tmp) / "e", device="cpu")
+        if args.worker == "full-vocab":
+            import lm2vec.tasks
+
+            lm2vec.tasks.mntp_loss_from_hidden = full_vocab_mntp_loss
         runner.setup()
         runner.out_dir.mkdir(parents=True)
         times = []
@@ -124,18 +142,22 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--texts", type=Path, default=DEFAULT_TEXTS)
     p.add_argument("--no-reference", action="store_true")
-    p.add_argument("--worker", choices=["lm2vec", "llm2vec"], help=argparse.SUPPRESS)
+    p.add_argument("--reference", choices=["llm2vec", "full-vocab"], default="llm2vec",
+                   help="llm2vec: its own code in its own venv; full-vocab: lm2vec's loop with llm2vec's full-vocabulary "
+                        "MNTP loss (for models llm2vec 0.2.3 cannot load, e.g. Gemma 3)")
+    p.add_argument("--worker", choices=["lm2vec", "llm2vec", "full-vocab"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         args.objective = args.objectives[0]
-        result = run_lm2vec(args) if args.worker == "lm2vec" else run_reference(args, prepared_model(args.model))
+        result = run_reference(args, prepared_model(args.model)) if args.worker == "llm2vec" else run_lm2vec(args)
         print(json.dumps(result))
         return
     rows = []
     for objective in args.objectives:
         ours = measure("lm2vec", objective, args)
-        theirs = {} if args.no_reference else measure("llm2vec", objective, args)
-        rows.append({"objective": objective, "lm2vec": ours, "llm2vec": theirs})
+        reference = args.reference if objective == "mntp" else "llm2vec"
+        theirs = {} if args.no_reference else measure(reference, objective, args)
+        rows.append({"objective": objective, "lm2vec": ours, "llm2vec": theirs, "reference": reference})
     report(args, rows)
 
 

@@ -277,3 +277,16 @@ def test_evaluate_twice_hits_the_cache(data, tmp_path):
     n_calls = len(encoder.calls)
     second = evaluate(encoder, ["BIOSSES"], data_dir=str(data), output_dir=tmp_path)
     assert len(encoder.calls) == n_calls > 0 and 0 < second["BIOSSES"]["main_score"] < 1
+
+
+def test_fewer_classification_experiments_encode_fewer_training_texts(data, tmp_path):
+    """n_experiments (CPU-sized benchmarks) shrinks the union of few-shot training samples mteb encodes."""
+    counts = {}
+    for n in (1, 3):
+        encoder = HashEncoder()
+        result = evaluate(encoder, ["EmotionClassification"], data_dir=str(data), output_dir=tmp_path / str(n),
+                          limit=30, n_experiments=n, use_cache=False)["EmotionClassification"]
+        assert result["n_experiments"] == n and 0 < result["main_score"] < 1
+        counts[n] = sum(size for size, _ in encoder.calls)
+    # each experiment draws a fresh few-shot sample per label; the 30-row eval splits are encoded either way
+    assert counts[1] < counts[3]

@@ -31,6 +31,12 @@ def _read_inputs(path: Path, column: str) -> list:
             for _, r in iter_jsonl(path, problems)]
 
 
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 @app.command()
 def encode(
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="built-in name, local directory or hub id"),
@@ -39,21 +45,35 @@ def encode(
     instruction: str = typer.Option(None, help="instruction applied to every text (attended, not pooled)"),
     column: str = typer.Option("text", help="text field for .jsonl/.csv/.tsv inputs"),
     pooling: str = typer.Option(None, help="mean | weighted_mean | last | first (default: the model's)"),
-    batch_size: int = typer.Option(32, min=1),
+    batch_size: int = typer.Option(32, min=1, help="most texts per forward pass"),
+    max_tokens: int = typer.Option(None, min=1, help="most padded tokens per forward pass (default: no cap)"),
     max_length: int = typer.Option(None, min=1),
     normalize: bool = typer.Option(False, help="L2-normalise the vectors"),
+    shard_size: int = typer.Option(10_000, min=1, help="texts per resumable shard (<output>.shards/)"),
+    keep_shards: bool = typer.Option(False, help="keep <output>.shards/ after merging"),
     device: str = typer.Option(None),
 ) -> None:
-    """Embed every text of a file and save the vectors as .npy, in input order."""
-    from .atomic import save_npy_atomic
-    from .encoder import Encoder
+    """Embed every text of a file and save the vectors as .npy, in input order.
 
+    Work is saved shard by shard, so re-running an interrupted command skips finished shards. Under
+    `torchrun --nproc_per_node N` the shards are spread over N processes and rank 0 merges them.
+    """
+    from .distributed import init_distributed, local_rank, shutdown
+    from .encoder import Encoder
+    from .sharded import encode_sharded
+
+    rank, world = init_distributed()
+    if device is None and world > 1 and torch_cuda_available():
+        device = f"cuda:{local_rank()}"
     texts = _read_inputs(input, column)
     encoder = Encoder.from_pretrained(model, pooling=pooling, max_length=max_length, device=device)
-    vectors = encoder.encode(texts, instruction=instruction, batch_size=batch_size, normalize=normalize,
-                             show_progress=True)
-    save_npy_atomic(output, vectors)
-    console.print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} vectors to {output}")
+    vectors = encode_sharded(encoder, texts, output, shard_size=shard_size, rank=rank, world=world,
+                             keep_shards=keep_shards, instruction=instruction, batch_size=batch_size,
+                             max_tokens=max_tokens, normalize=normalize, show_progress=rank == 0)
+    if vectors is not None:
+        console.print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} vectors to {output}"
+                      + (f" ({world} processes)" if world > 1 else ""))
+    shutdown(world)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})

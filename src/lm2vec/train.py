@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 import warnings
 from dataclasses import asdict
@@ -28,6 +27,7 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from .adapters import attach_lora, merge_lora, trainable_parameters
 from .config import Recipe, StageConfig, dump_recipe
+from .distributed import barrier, init_distributed, local_rank
 from .encoder import Encoder, EncoderConfig, default_device, load_saved_config
 from .models import resolve_model_path
 from .objectives.simcse import restore_dropout, set_dropout
@@ -41,22 +41,6 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", categ
 
 
 # ---- processes --------------------------------------------------------------------------------
-def init_distributed() -> tuple[int, int]:
-    """(rank, world size); initialises torch.distributed when launched by torchrun/accelerate."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    if world > 1 and torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        dist.barrier()
-
-
 def average_gradients(params: list[torch.Tensor], world: int) -> None:
     """What DDP does: every process ends the step with the mean gradient over processes."""
     if world == 1:
@@ -144,7 +128,7 @@ class StageRunner:
         self.recipe, self.stage, self.model_path = recipe, stage, model_path
         self.out_dir, self.final_dir, self.resume = out_dir, final_dir, resume
         self.rank, self.world = init_distributed()
-        local = int(os.environ.get("LOCAL_RANK", "0"))
+        local = local_rank()
         self.device = device or (f"cuda:{local}" if torch.cuda.is_available() else default_device())
 
     def setup(self) -> None:
@@ -216,7 +200,7 @@ class StageRunner:
             directory = self.out_dir / "checkpoints"
             ckpt.save_checkpoint(directory, step, self.peft, self.optimizer, self.scheduler, {"stage": self.stage.name})
             ckpt.prune_checkpoints(directory, self.stage.keep_checkpoints)
-        _barrier(self.world)
+        barrier(self.world)
 
     def _log(self, record: dict) -> None:
         if self.rank == 0:
@@ -236,7 +220,7 @@ class StageRunner:
             self.encoder.save_pretrained(self.final_dir)
             plot_loss_curve(self.out_dir / "log.jsonl", self.out_dir / "loss.png", title=self.stage.name)
             (self.out_dir / DONE).write_text(str(self.final_dir))
-        _barrier(self.world)
+        barrier(self.world)
         return self.final_dir
 
     def _save_adapter(self) -> None:

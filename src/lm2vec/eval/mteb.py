@@ -256,12 +256,15 @@ def evaluate(
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
     limit: int | None = None,
+    n_experiments: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run mteb on `tasks`; returns {task: {"main_score", "main_metric", "scores", ...}}.
 
     Offline when `data_dir` is given (the local data pack), else mteb downloads from the hub. Results go
     to <output_dir>/mteb_results.json after every task (atomically, merged with earlier runs of the same
-    fingerprint); embeddings to <cache_dir, default output_dir/embedding_cache>.
+    fingerprint); embeddings to <cache_dir, default output_dir/embedding_cache>. `n_experiments` overrides
+    how many classifier fits (each on a fresh few-shot train sample) classification tasks average over;
+    fewer means fewer training texts to encode, at the price of a noisier score.
     """
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     output, fingerprint = Path(output_dir), encoder.fingerprint()
@@ -270,12 +273,17 @@ def evaluate(
     task_objects = get_tasks(tasks, data_dir, limit)  # fail on unknown names before any encoding
     source = "hub" if data_dir is None else f"local:{Path(data_dir).resolve()}"
     source += f" (evaluation splits sampled to {limit} rows)" if limit else ""
+    for task in task_objects:
+        if n_experiments and hasattr(task, "n_experiments"):
+            task.n_experiments = n_experiments
     report = _previous_report(output / RESULTS_FILE, fingerprint)
     report.update(model=model.mteb_model_meta.name, fingerprint=fingerprint, mteb_version=mteb.__version__)
     results = {}
     for task in task_objects:
         name = task.metadata.name
         results[name] = {**run_task(model, task, batch_size), "data": source}
+        if hasattr(task, "n_experiments"):
+            results[name]["n_experiments"] = task.n_experiments
         report.setdefault("tasks", {})[name] = results[name]
         report.setdefault("instructions", {})[name] = model.used_instructions.get(name)
         write_json_atomic(output / RESULTS_FILE, report)
