@@ -58,10 +58,13 @@ def training_data(data_dir: Path) -> dict[str, list[str]]:
     """The paper's kinds of data where the local pack has them; never a split of an evaluated task."""
     wiki1m = data_dir / "corpora" / "wiki1m_for_simcse" / "wiki1m_for_simcse.txt"
     snli = data_dir / "nli" / "SNLI"
+    snli_files = [snli / "snli_1.0_dev.jsonl.gz", snli / "snli_1.0_test.jsonl.gz"]
+    if not all(f.is_file() for f in snli_files):
+        raise SystemExit(f"supervised stage needs SNLI triplets: {snli_files[0]} and {snli_files[1].name} not found")
     return {
         "mntp": ["builtin:wiki-leads"],  # Wikipedia lead paragraphs (the paper: Wikitext-103)
         "simcse": [str(wiki1m)] if wiki1m.is_file() else ["builtin:wiki-leads"],
-        "supervised": [f"snli:{snli / 'snli_1.0_dev.jsonl.gz'}", f"snli:{snli / 'snli_1.0_test.jsonl.gz'}"],
+        "supervised": [f"snli:{f}" for f in snli_files],
     }
 
 
