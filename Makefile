@@ -42,7 +42,7 @@ $(LLM2VEC_REF)/bin/python:
 	$(LLM2VEC_REF)/bin/pip install -q transformers==4.44.2 peft==0.12.0 accelerate scikit-learn
 	$(LLM2VEC_REF)/bin/pip install -q --no-deps llm2vec==0.2.3
 
-bench-speed: install models-gemma $(LLM2VEC_REF)/bin/python   # ~30 min on 2 CPU cores
+bench-speed: install models-gemma $(LLM2VEC_REF)/bin/python   # ~15 min on 2 CPU cores
 	LLM2VEC_REF_PYTHON=$(LLM2VEC_REF)/bin/python $(PY) bench/speed.py
 
 bench-scaling: install

@@ -1,7 +1,7 @@
 """Scaling curves: throughput and peak memory vs sequence length and vs batch size, for encoding and
 for one LoRA MNTP training step (lm2vec's real loop), each point in its own process.
 
-    python bench/scaling.py                                  # ~10 min on 2 cores
+    python bench/scaling.py                                  # ~8 min on 2 cores
     python bench/scaling.py --lengths 64 256 1024 --batches 1 8
 
 Rows are consecutive Wiki1M sentences packed to exactly L tokens (no padding). Writes

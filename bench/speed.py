@@ -1,7 +1,7 @@
 """Encoding speed and memory: lm2vec vs the original llm2vec 0.2.3 vs a plain transformers loop vs the
 CPU's own float32 matmul rate, side by side in one run (ratios), plus training steps (bench/train_speed.py).
 
-    python bench/speed.py                      # encode + GEMM + training, ~25 min on 2 cores
+    python bench/speed.py                      # GEMM, encode, fast paths, training: ~15 min on 2 cores
     python bench/speed.py --sections encode gemm
 
 Texts: 2,000 real texts of mixed length from the local data pack (STSBenchmark, Banking77, Emotion,
