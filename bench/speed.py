@@ -189,7 +189,6 @@ def worker_profile(args, texts: list[str]) -> dict:
 
 
 def sts_pairs(data_dir: Path, n: int = 500) -> tuple[list[str], list[str], list[float]]:
-    rows = []
     with open(data_dir / "sts/STSBenchmark/sts-test.csv", encoding="utf-8") as handle:
         rows = [r for r in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE) if len(r) >= 7][:n]
     return [r[5] for r in rows], [r[6] for r in rows], [float(r[4]) for r in rows]

@@ -43,12 +43,11 @@ def packed_rows(tokenizer, path: Path, seq_len: int, count: int) -> list[str]:
 def full_vocab_mntp_loss(hidden, lm_head, labels, softcap=None):
     """llm2vec's MNTP loss computation (LlamaBiForMNTP and kin): logits for EVERY position over the whole
     vocabulary, then cross-entropy with -100 on the unmasked ones. Same value as lm2vec's loss."""
+    import torch
     import torch.nn.functional as F
 
     logits = lm_head(hidden).float()  # (B, T, V)
     if softcap is not None:
-        import torch
-
         logits = torch.tanh(logits / softcap) * softcap
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
 

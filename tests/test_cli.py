@@ -29,3 +29,11 @@ def test_encode_reports_a_bad_row_with_its_line(tmp_path):
                                       "-o", str(tmp_path / "out.npy")])
     assert result.exit_code != 0 and "bad.jsonl:2" in str(result.exception)
     assert not (tmp_path / "out.npy").exists()
+
+
+def test_encode_rejects_an_empty_input_before_loading_anything(tmp_path):
+    (tmp_path / "empty.txt").write_text("\n")
+    result = CliRunner().invoke(app, ["encode", "-m", str(tmp_path / "no-model"), "-i", str(tmp_path / "empty.txt"),
+                                      "-o", str(tmp_path / "out.npy")])
+    assert result.exit_code == 2 and "holds no texts" in result.output
+    assert not (tmp_path / "out.npy").exists()

@@ -25,6 +25,14 @@ def test_shards_merge_in_input_order_and_match_plain_encode(tmp_path):
     assert not shard_dir(out).exists(), "shards are removed once merged"
 
 
+def test_a_single_shard_job_writes_the_output_directly(tmp_path):
+    encoder = tiny_encoder()
+    out = tmp_path / "vectors.npy"
+    encode_sharded(encoder, TEXTS, out, shard_size=100)
+    assert not shard_dir(out).exists()
+    assert np.abs(np.load(out) - encoder.encode(TEXTS)).max() < 1e-5
+
+
 def test_interrupted_run_resumes_without_recomputing_finished_shards(tmp_path, monkeypatch):
     encoder = tiny_encoder()
     out, plain_encode, calls = tmp_path / "vectors.npy", encoder.encode, []

@@ -31,12 +31,6 @@ def _read_inputs(path: Path, column: str) -> list:
             for _, r in iter_jsonl(path, problems)]
 
 
-def torch_cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 @app.command()
 def encode(
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="built-in name, local directory or hub id"),
@@ -58,14 +52,16 @@ def encode(
     Work is saved shard by shard, so re-running an interrupted command skips finished shards. Under
     `torchrun --nproc_per_node N` the shards are spread over N processes and rank 0 merges them.
     """
-    from .distributed import init_distributed, local_rank, shutdown
+    from .distributed import init_distributed, process_device, shutdown
     from .encoder import Encoder
     from .sharded import encode_sharded
 
     rank, world = init_distributed()
-    if device is None and world > 1 and torch_cuda_available():
-        device = f"cuda:{local_rank()}"
+    if device is None and world > 1:
+        device = process_device()
     texts = _read_inputs(input, column)
+    if not texts:
+        raise typer.BadParameter(f"{input} holds no texts", param_hint="--input")
     encoder = Encoder.from_pretrained(model, pooling=pooling, max_length=max_length, device=device)
     vectors = encode_sharded(encoder, texts, output, shard_size=shard_size, rank=rank, world=world,
                              keep_shards=keep_shards, instruction=instruction, batch_size=batch_size,

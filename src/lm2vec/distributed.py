@@ -23,6 +23,11 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def process_device() -> str | None:
+    """This process's own GPU under a multi-process launch (cuda:LOCAL_RANK); None without CUDA."""
+    return f"cuda:{local_rank()}" if torch.cuda.is_available() else None
+
+
 def barrier(world: int) -> None:
     """Wait for every process (a no-op in a single process)."""
     if world > 1:

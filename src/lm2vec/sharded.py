@@ -120,6 +120,10 @@ def encode_sharded(
         raise ValueError("no texts to encode")
     output = Path(output)
     plan = ShardPlan(shard_dir(output), len(texts), shard_size)
+    if plan.n_shards == 1 and world == 1:  # nothing to resume: no shard folder, no hash of the weights
+        vectors = encoder.encode(texts, **encode_options)
+        save_npy_atomic(output, vectors)
+        return vectors
     settings = {k: v for k, v in encode_options.items() if k in ("instruction", "normalize")}
     key = run_key(texts, encoder.fingerprint(), {**settings, "shard_size": shard_size})
     if rank == 0:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from .adapters import attach_lora, merge_lora, trainable_parameters
 from .config import Recipe, StageConfig, dump_recipe
-from .distributed import barrier, init_distributed, local_rank
+from .distributed import barrier, init_distributed, process_device
 from .encoder import Encoder, EncoderConfig, default_device, load_saved_config
 from .models import resolve_model_path
 from .objectives.simcse import restore_dropout, set_dropout
@@ -128,8 +128,7 @@ class StageRunner:
         self.recipe, self.stage, self.model_path = recipe, stage, model_path
         self.out_dir, self.final_dir, self.resume = out_dir, final_dir, resume
         self.rank, self.world = init_distributed()
-        local = local_rank()
-        self.device = device or (f"cuda:{local}" if torch.cuda.is_available() else default_device())
+        self.device = device or process_device() or default_device()
 
     def setup(self) -> None:
         stage = self.stage
