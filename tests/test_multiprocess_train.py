@@ -24,6 +24,7 @@ stages:
     lr: 0.003
     warmup_steps: 0
     attention_dropout: 0.0   # no randomness, so both runs must agree to float precision
+    precision: fp32          # bf16 base weights would round the two runs apart
     lora: {{dropout: 0.0}}
 """
 
@@ -55,7 +56,8 @@ def test_two_processes_match_one_process_with_the_concatenated_batch(tmp_path):
     two = _train(tmp_path, "two", model_dir, data, batch=4, processes=2)
     one = _train(tmp_path, "one", model_dir, data, batch=8, processes=1)
     base = load_file(model_dir / "model.safetensors")
-    changed = [k for k in one if not torch.equal(one[k], base["model." + k])]
-    assert changed, "training changed nothing"
+    change = max((one[k] - base["model." + k]).abs().max().item() for k in one)
+    tolerance = 5e-5  # float32 sums in another order (gloo all-reduce); measured differences reach ~1e-5
+    assert change > 20 * tolerance, f"training moved the weights by only {change}: the check would prove nothing"
     for key in one:
-        assert torch.allclose(two[key], one[key], atol=1e-5), key
+        assert torch.allclose(two[key], one[key], atol=tolerance), key

@@ -38,3 +38,11 @@ def save_npy_atomic(path: Path, array) -> None:
     import numpy as np
 
     write_atomic(path, lambda f: np.save(f, array), mode="wb")
+
+
+def write_safetensors_atomic(path: Path, tensors: dict) -> None:
+    """A dict of tensors as a .safetensors file, written atomically."""
+    from safetensors.torch import save
+
+    payload = save(tensors)
+    write_atomic(path, lambda f: f.write(payload), mode="wb")

@@ -17,7 +17,10 @@ import yaml
 from .pooling import check_pooling_mode
 
 OBJECTIVES = ("mntp", "simcse", "supervised")
-PRECISIONS = ("auto", "no", "bf16", "fp16")
+# auto: bf16 where the hardware has bf16 units (CUDA, or a CPU with AVX512-BF16/AMX-BF16), else fp32.
+# bf16: frozen base weights stored in bf16 (no per-op casts); LoRA weights, loss and optimiser in float32.
+# bf16-autocast / fp16: float32 weights under torch.autocast. no / fp32: float32 throughout.
+PRECISIONS = ("auto", "no", "fp32", "bf16", "bf16-autocast", "fp16")
 
 
 class RecipeError(ValueError):
@@ -67,10 +70,18 @@ class StageConfig:
     attention_dropout: float = 0.3
     hidden_dropout: float | None = None
     scale: float = 20.0  # 1 / temperature (0.05)
-    instruction: str | None = None  # supervised: default instruction for queries without their own
+    instruction: str | None = None  # supervised: for queries without their own; simcse: on every text
     symmetric: bool = False  # supervised: instruction on both sides
     data_limit: int | None = None
     text_unit: str = "line"  # line | paragraph | sentence: what one training text is (builtin corpora: paragraph)
+    pack: bool = True  # MNTP: concatenate texts and cut the stream into full max_length blocks (no padding)
+    group_by_length: bool = True  # SimCSE / supervised: batches of texts of similar length (less padding)
+    # evaluation while training: Spearman on a scored-pair dev file (never a split a benchmark scores)
+    eval_every: int = 0  # steps between dev evaluations (0: off); also evaluated before the first step
+    eval_data: str | None = None  # e.g. ../shared/data/sts/STSBenchmark/sts-dev.csv, or JSONL sentence1/2, score
+    eval_limit: int | None = 500  # dev pairs used (a fixed seeded sample); None: all
+    eval_instruction: str | None = None  # instruction put on both sides of each dev pair
+    keep_best: bool = False  # end the stage with the weights of the best dev score, not the last step
     # loop
     gradient_checkpointing: bool = False
     precision: str = "auto"
@@ -95,6 +106,10 @@ class StageConfig:
         _check(self.scale > 0, f"stage {self.name!r}: scale must be > 0")
         _check(self.text_unit in ("line", "paragraph", "sentence"), f"stage {self.name!r}: bad text_unit")
         _check(self.objective != "simcse" or self.batch_size >= 2, "simcse needs batch_size >= 2 (in-batch negatives)")
+        _check(self.eval_every >= 0, f"stage {self.name!r}: eval_every must be >= 0, got {self.eval_every}")
+        _check(not self.eval_every or bool(self.eval_data), f"stage {self.name!r}: eval_every needs eval_data")
+        _check(not self.keep_best or self.eval_every > 0, f"stage {self.name!r}: keep_best needs eval_every > 0")
+        _check(self.eval_limit is None or self.eval_limit >= 2, f"stage {self.name!r}: eval_limit must be >= 2")
 
 
 @dataclass

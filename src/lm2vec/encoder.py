@@ -217,16 +217,22 @@ class Encoder(nn.Module):
         items = [(pair_instruction or instruction, text) for pair_instruction, text in items]
         tokenized = self.tokenize(items)
         _warn_truncated(tokenized, self.config.max_length)
-        batches = plan_batches([len(t.ids) for t in tokenized], batch_size, max_tokens)
         show = len(items) >= PROGRESS_MIN_TEXTS if show_progress is None else show_progress
-        out = np.empty((len(items), self.embedding_dim), dtype=np.float32)
+        out = self.encode_tokenized(tokenized, batch_size, normalize, show, max_tokens)
+        return out[0] if single else out
+
+    def encode_tokenized(self, tokenized: list[TokenizedText], batch_size: int = 32, normalize: bool = False,
+                         show_progress: bool = False, max_tokens: int | None = None) -> np.ndarray:
+        """`encode` for texts tokenized once already (dev evaluation re-encodes the same texts often)."""
+        batches = plan_batches([len(t.ids) for t in tokenized], batch_size, max_tokens)
+        out = np.empty((len(tokenized), self.embedding_dim), dtype=np.float32)
         with torch.inference_mode():
-            for indices in tqdm(batches, desc="encode", unit="batch", disable=not show):
+            for indices in tqdm(batches, desc="encode", unit="batch", disable=not show_progress):
                 vectors = self.embed(self.collate([tokenized[i] for i in indices]))
                 if normalize:
                     vectors = torch.nn.functional.normalize(vectors, dim=-1)
                 out[indices] = vectors.cpu().numpy()
-        return out[0] if single else out
+        return out
 
     # ---- persistence ----------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> Path:

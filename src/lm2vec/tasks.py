@@ -11,6 +11,7 @@ import logging
 
 import torch
 
+from .batching import pad_batch
 from .config import StageConfig
 from .data.text import load_texts
 from .data.triplets import Triplet, load_pairs_source
@@ -34,6 +35,22 @@ def load_corpus(stage: StageConfig) -> list[str]:
     return texts[: stage.data_limit]
 
 
+def pack_blocks(documents: list[list[int]], block: int, separator: int | None, prefix: list[int]) -> list[list[int]]:
+    """Concatenate token lists (a `separator` after each document) and cut the stream into blocks of
+    `block` tokens, each opened by `prefix` (the tokenizer's BOS, if it adds one). Every stream token
+    lands in exactly one block; the last block may be shorter (it is padded, never dropped).
+
+    Documents share a block as in llm2vec's run_mntp (Hugging Face `group_texts`): attention is
+    bidirectional within a block, across document boundaries, and never between blocks. The loss
+    keeps its definition: masked token i is predicted from the output at i-1 of its own block.
+    """
+    room = block - len(prefix)
+    if room < 1:
+        raise ValueError(f"max_length {block} leaves no room after the {len(prefix)} prefix tokens")
+    stream = [t for doc in documents for t in (doc + ([separator] if separator is not None else []))]
+    return [prefix + stream[start : start + room] for start in range(0, len(stream), room)]
+
+
 class MNTPTask:
     """Masked next-token prediction: mask tokens, predict token i from the output at i-1."""
 
@@ -48,11 +65,24 @@ class MNTPTask:
         self.vocab = encoder.model.config.get_text_config().vocab_size
         self.softcap = getattr(encoder.model.config.get_text_config(), "final_logit_softcapping", None)
 
-    def load_examples(self) -> list[str]:
-        return load_corpus(self.stage)
+    def load_examples(self) -> list[list[int]]:
+        """Token-id rows: packed blocks of max_length tokens, or one (truncated) text per row."""
+        texts = load_corpus(self.stage)
+        if not self.stage.pack:
+            return [t.ids for t in self.encoder.tokenize([(None, text) for text in texts])]
+        tokenizer = self.encoder.tokenizer
+        documents = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        with_specials = tokenizer("x")["input_ids"]
+        prefix = with_specials[: len(with_specials) - len(tokenizer("x", add_special_tokens=False)["input_ids"])]
+        blocks = pack_blocks(documents, self.stage.max_length, tokenizer.eos_token_id, prefix)
+        logger.info("MNTP: %d texts packed into %d blocks of %d tokens", len(texts), len(blocks), self.stage.max_length)
+        return blocks
 
-    def collate(self, texts: list[str], generator: torch.Generator) -> dict[str, torch.Tensor]:
-        batch = self.encoder.collate(self.encoder.tokenize([(None, t) for t in texts]))
+    def lengths(self, examples: list[list[int]]) -> list[int]:
+        return [len(ids) for ids in examples]
+
+    def collate(self, rows: list[list[int]], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        batch = pad_batch(rows, [0] * len(rows), self.encoder.pad_token_id, self.encoder.config.padding_side)
         masked, labels = mask_tokens(batch["input_ids"], batch["attention_mask"], self.mask_id, self.vocab,
                                      self.stage.mask_rate, self.stage.mask_strategy, self.specials, generator)
         return {**batch, "input_ids": masked, "labels": labels}
@@ -71,8 +101,12 @@ class SimCSETask:
     def load_examples(self) -> list[str]:
         return load_corpus(self.stage)
 
+    def lengths(self, texts: list[str]) -> list[int]:
+        return [len(t) for t in texts]  # characters: a free proxy for token counts, enough for grouping
+
     def collate(self, texts: list[str], generator: torch.Generator) -> dict[str, torch.Tensor]:
-        return self.encoder.collate(self.encoder.tokenize([(None, t) for t in texts]))
+        """Both views share one batch; `instruction` (attended, not pooled) trains for instructed use."""
+        return self.encoder.collate(self.encoder.tokenize([(self.stage.instruction, t) for t in texts]))
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return simcse_loss(self.encoder.embed, batch, scale=self.stage.scale)
@@ -93,6 +127,9 @@ class SupervisedTask:
         if not self.use_negatives:
             logger.warning("some triplets have no hard negative: training with in-batch negatives only")
         return triplets[: self.stage.data_limit]
+
+    def lengths(self, triplets: list[Triplet]) -> list[int]:
+        return [len(t.query) + len(t.positive) + sum(map(len, t.negatives[:1])) for t in triplets]
 
     def _side(self, texts: list[str], instructions: list[str | None]) -> dict[str, torch.Tensor]:
         return self.encoder.collate(self.encoder.tokenize(list(zip(instructions, texts))))

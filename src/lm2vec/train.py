@@ -12,9 +12,9 @@ global batch; contrastive losses gather embeddings across processes and gradient
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
+import shutil
 import time
 import warnings
 from dataclasses import asdict
@@ -26,12 +26,15 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .adapters import attach_lora, merge_lora, trainable_parameters
+from .atomic import write_json_atomic, write_safetensors_atomic
 from .config import Recipe, StageConfig, dump_recipe
+from .dev_eval import DevEvaluator
 from .distributed import barrier, init_distributed, process_device
 from .encoder import Encoder, EncoderConfig, default_device, load_saved_config
 from .models import resolve_model_path
 from .objectives.simcse import restore_dropout, set_dropout
 from .plots import plot_loss_curve
+from .precision import autocast_context, base_dtype, resolve_precision
 from .tasks import TASKS
 
 logger = logging.getLogger(__name__)
@@ -53,17 +56,41 @@ def average_gradients(params: list[torch.Tensor], world: int) -> None:
 
 
 # ---- data order and randomness ------------------------------------------------------------------
-def batch_indices(n: int, step: int, micro: int, stage: StageConfig, rank: int, world: int) -> list[int]:
+LENGTH_GROUP_STEPS = 16  # length grouping sorts windows of this many steps' examples
+
+
+def epoch_order(n: int, seed: int, epoch: int, lengths: list[int] | None = None, per_step: int = 1) -> list[int]:
+    """The example order of one epoch: a seeded permutation. With `lengths`, each window of
+    LENGTH_GROUP_STEPS steps is sorted by length and cut into steps, and the steps of a window are
+    shuffled: every step gets texts of similar length (little padding) and the order stays random
+    across steps (as transformers' group_by_length sampler does)."""
+    generator = torch.Generator().manual_seed(seed + epoch)
+    order = torch.randperm(n, generator=generator)
+    if lengths is None:
+        return order.tolist()
+    window, out = per_step * LENGTH_GROUP_STEPS, []
+    for start in range(0, n, window):
+        block = order[start : start + window]
+        block = block[torch.argsort(torch.tensor([lengths[i] for i in block]), stable=True)]
+        steps = block.split(per_step)
+        out += [int(i) for k in torch.randperm(len(steps), generator=generator).tolist() for i in steps[k]]
+    return out
+
+
+def batch_indices(n: int, step: int, micro: int, stage: StageConfig, rank: int, world: int,
+                  lengths: list[int] | None = None, cache: dict | None = None) -> list[int]:
     """Indices of this process's share of micro-batch `micro` of `step`: a stateless function of
-    (seed, step), walking one seeded permutation per epoch, so resuming replays the same order."""
+    (seed, step), walking one seeded order per epoch, so resuming replays the same order.
+    `cache` (epoch -> order) saves recomputing an epoch's order at every call."""
     per_step = stage.batch_size * world * stage.grad_accum
     start = step * per_step + micro * stage.batch_size * world + rank * stage.batch_size
-    out, cache = [], {}
+    out, cache = [], {} if cache is None else cache
     for flat in range(start, start + stage.batch_size):
         epoch = flat // n
         if epoch not in cache:
-            cache[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(stage.seed + epoch))
-        out.append(int(cache[epoch][flat % n]))
+            cache.clear()  # one epoch at a time is all a step needs
+            cache[epoch] = epoch_order(n, stage.seed, epoch, lengths, per_step)
+        out.append(cache[epoch][flat % n])
     return out
 
 
@@ -74,7 +101,7 @@ def step_generator(stage: StageConfig, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed + 1)
 
 
-# ---- schedule and precision -----------------------------------------------------------------------
+# ---- schedule -------------------------------------------------------------------------------------
 def linear_schedule(optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup to the peak rate, then linear decay that reaches 0 after the last step."""
 
@@ -86,30 +113,21 @@ def linear_schedule(optimizer, warmup: int, total: int) -> torch.optim.lr_schedu
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def autocast_context(precision: str, device: torch.device):
-    """bf16/fp16 autocast where asked (auto: bf16 on a CUDA device that supports it, else none)."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
-    if precision == "no":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 # ---- model per stage ------------------------------------------------------------------------------
-def load_stage_encoder(model_path: str, stage: StageConfig, recipe: Recipe, device: str):
-    """Encoder on the stage's starting weights (+ the LM head for MNTP), in float32 for training."""
+def load_stage_encoder(model_path: str, stage: StageConfig, recipe: Recipe, device: str,
+                       dtype: torch.dtype = torch.float32):
+    """Encoder on the stage's starting weights (+ the frozen LM head for MNTP), base weights in `dtype`."""
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(model_path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     lm_head = None
     if stage.objective == "mntp":
-        full = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        full = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         backbone, lm_head = full.base_model, full.get_output_embeddings()
         lm_head.requires_grad_(False)
     else:
-        backbone = AutoModel.from_pretrained(path, dtype=torch.float32)
+        backbone = AutoModel.from_pretrained(path, dtype=dtype)
     history = load_saved_config(path).training  # earlier stages, when starting from one of our encoders
     config = EncoderConfig(pooling=recipe.pooling, bidirectional=recipe.bidirectional,
                            max_length=stage.max_length, base_model=recipe.model, training=dict(history))
@@ -129,43 +147,53 @@ class StageRunner:
         self.out_dir, self.final_dir, self.resume = out_dir, final_dir, resume
         self.rank, self.world = init_distributed()
         self.device = device or process_device() or default_device()
+        self.precision = resolve_precision(stage.precision, self.device)
+        self.order_cache: dict = {}
+        self.best = BestKeeper(out_dir / "best")
 
     def setup(self) -> None:
         stage = self.stage
-        self.encoder, lm_head = load_stage_encoder(self.model_path, stage, self.recipe, self.device)
+        self.encoder, lm_head = load_stage_encoder(self.model_path, stage, self.recipe, self.device,
+                                                   base_dtype(self.precision))
         self.task = TASKS[stage.objective](stage, self.encoder, lm_head)
         self.examples = self.task.load_examples()
+        self.lengths = self.task.lengths(self.examples) if stage.group_by_length else None
         self.dropout = set_dropout(self.encoder.model, attention=stage.attention_dropout,
                                    hidden=stage.hidden_dropout) if stage.objective != "mntp" else None
         torch.manual_seed(stage.seed)  # LoRA's initial weights: the same in every run and every process
-        self.peft = attach_lora(self.encoder.model, stage.lora)
+        self.peft = attach_lora(self.encoder.model, stage.lora)  # LoRA weights in float32 whatever the base
         if stage.gradient_checkpointing:
             self.encoder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.params = trainable_parameters(self.peft)
         self.optimizer = torch.optim.AdamW(self.params, lr=stage.lr, weight_decay=stage.weight_decay)
         self.scheduler = linear_schedule(self.optimizer, stage.warmup_steps, stage.max_steps)
+        self.dev = DevEvaluator(self.encoder, stage.eval_data, stage.eval_limit, stage.eval_instruction,
+                                max_length=self.recipe.max_length) if stage.eval_every and self.rank == 0 else None
         self.peft.train()
 
     def _start_step(self) -> int:
         """0, or the step after the newest complete checkpoint when resuming."""
         latest = ckpt.latest_checkpoint(self.out_dir / "checkpoints") if self.resume else None
         if latest is None:
-            _truncate_log(self.out_dir / "log.jsonl", 0)
+            _truncate_log(self.out_dir / "log.jsonl", -1)
+            self.best.clear()
             return 0
         state = ckpt.load_checkpoint(latest, self.peft, self.optimizer, self.scheduler)
         _truncate_log(self.out_dir / "log.jsonl", state["step"])
+        self.best.forget_after(state["step"])
         logger.warning("resuming stage %s from %s", self.stage.name, latest)
         return state["step"]
 
-    def train_step(self, step: int) -> tuple[float, int]:
-        """One optimiser step (with accumulation); returns (loss, tokens seen by this process)."""
+    def train_step(self, step: int) -> tuple[float, int, int]:
+        """One optimiser step (with accumulation); returns (loss, real tokens, padded tokens) of this process."""
         stage, generator = self.stage, step_generator(self.stage, step, self.rank)
-        total, tokens = 0.0, 0
+        total, tokens, padded = 0.0, 0, 0
         for micro in range(stage.grad_accum):
-            indices = batch_indices(len(self.examples), step, micro, stage, self.rank, self.world)
+            indices = batch_indices(len(self.examples), step, micro, stage, self.rank, self.world,
+                                    self.lengths, self.order_cache)
             batch = self.task.collate([self.examples[i] for i in indices], generator)
-            tokens += _count_tokens(batch)
-            with autocast_context(stage.precision, self.encoder.device):
+            tokens, padded = tokens + _count_tokens(batch), padded + _count_tokens(batch, padded=True)
+            with autocast_context(self.precision, self.encoder.device):
                 loss = self.task.loss(batch) / stage.grad_accum
             loss.backward()
             total += loss.item()
@@ -174,25 +202,53 @@ class StageRunner:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return total, tokens
+        return total, tokens, padded
 
     def run(self) -> Path:
         self.setup()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         start = self._start_step()
+        elapsed = _last_elapsed(self.out_dir / "log.jsonl")
+        if start == 0:
+            self._evaluate(0, elapsed)
         bar = tqdm(range(start, self.stage.max_steps), initial=start, total=self.stage.max_steps,
                    desc=f"{self.stage.name}", disable=self.rank != 0)
         for step in bar:
             began = time.perf_counter()
             lr = self.scheduler.get_last_lr()[0]
-            loss, tokens = self.train_step(step)
+            loss, tokens, padded = self.train_step(step)
             seconds = time.perf_counter() - began
+            elapsed += seconds
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens * self.world / seconds:.0f}")
-            self._log({"step": step + 1, "loss": loss, "lr": lr, "step_time": seconds,
-                       "tokens_per_s": tokens * self.world / seconds})
+            record = {"step": step + 1, "loss": loss, "lr": lr, "step_time": seconds, "elapsed": elapsed,
+                      "tokens_per_s": tokens * self.world / seconds, "padding": 1 - tokens / max(1, padded)}
+            if self.stage.eval_every and ((step + 1) % self.stage.eval_every == 0 or step + 1 == self.stage.max_steps):
+                record.update(self._evaluate(step + 1, elapsed, log=False))
+            self._log(record)
             if (step + 1) % self.stage.save_every == 0 and step + 1 < self.stage.max_steps:
                 self._checkpoint(step + 1)
         return self.finish()
+
+    def _evaluate(self, step: int, elapsed: float, log: bool = True) -> dict:
+        """Dev score of the current weights (rank 0, dropout off), kept if it is the best and `keep_best`."""
+        if not self.stage.eval_every:
+            return {}
+        result = self._dev_score(step) if self.dev is not None else {}
+        if log and result:
+            self._log({"step": step, "elapsed": elapsed, **result})
+        barrier(self.world)
+        return result
+
+    def _dev_score(self, step: int) -> dict:
+        self.peft.eval()
+        began = time.perf_counter()
+        score = self.dev.score()
+        self.peft.train()
+        result = {"dev_spearman": score, "eval_time": time.perf_counter() - began}
+        if self.stage.keep_best and self.best.offer(step, score, self.peft):
+            result["best"] = True
+        tqdm.write(f"{self.stage.name} step {step}: dev Spearman {100 * score:.2f}")
+        return result
 
     def _checkpoint(self, step: int) -> None:
         if self.rank == 0:
@@ -207,20 +263,44 @@ class StageRunner:
                 handle.write(json.dumps(record) + "\n")
 
     def finish(self) -> Path:
-        """Save the adapter and the merged encoder (rank 0), the loss curve, and a DONE marker."""
+        """Save the adapter and the merged float32 encoder (rank 0), the curves, and a DONE marker."""
         if self.rank == 0:
+            if self.stage.keep_best and self.best.step is not None:
+                self.best.restore(self.peft)
+                logger.warning("stage %s ends with the best dev weights (step %d)", self.stage.name, self.best.step)
             if self.dropout is not None:
                 restore_dropout(self.encoder.model, self.dropout)
             self.peft.eval()
             self.encoder.config.max_length = self.recipe.max_length
-            self.encoder.config.training = {**self.encoder.config.training, self.stage.name: asdict(self.stage)}
+            self.encoder.config.training = {**self.encoder.config.training, self.stage.name: self._stage_record()}
             self._save_adapter()
-            self.encoder.model = merge_lora(self.peft)
+            self.encoder.model = self._merged_float32()
             self.encoder.save_pretrained(self.final_dir)
             plot_loss_curve(self.out_dir / "log.jsonl", self.out_dir / "loss.png", title=self.stage.name)
             (self.out_dir / DONE).write_text(str(self.final_dir))
         barrier(self.world)
         return self.final_dir
+
+    def _stage_record(self) -> dict:
+        record = {**asdict(self.stage), "precision_used": self.precision}
+        if self.stage.keep_best and self.best.step is not None:
+            record["best_step"], record["best_dev_spearman"] = self.best.step, self.best.score
+        return record
+
+    def _merged_float32(self) -> torch.nn.Module:
+        """The adapter folded into float32 base weights. A bf16-trained adapter is merged into the
+        float32 weights it started from (reloaded), never into their bf16 copy."""
+        if base_dtype(self.precision) == torch.float32:
+            return merge_lora(self.peft)
+        from transformers import AutoModel
+
+        from .adapters import load_adapter
+
+        base = AutoModel.from_pretrained(resolve_model_path(self.model_path), dtype=torch.float32)
+        merged = load_adapter(base, self.out_dir / "adapter", merge=True)
+        if hasattr(self.encoder.model.config, "is_causal"):  # saved as the fp32 path saves it
+            merged.config.is_causal = self.encoder.model.config.is_causal
+        return merged.to(self.device).eval()
 
     def _save_adapter(self) -> None:
         """Adapter dir loadable by Encoder.from_pretrained: LoRA weights + lm2vec config naming its base."""
@@ -231,10 +311,58 @@ class StageRunner:
         (adapter_dir / "lm2vec_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def _count_tokens(batch: dict) -> int:
+class BestKeeper:
+    """The trainable (LoRA) weights of the best dev score so far, on disk so that a resumed run keeps them."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        info = directory / "best.json"
+        state = json.loads(info.read_text()) if info.is_file() else {}
+        self.step, self.score = state.get("step"), state.get("score")
+
+    def offer(self, step: int, score: float, model) -> bool:
+        """Keep `model`'s adapter weights if `score` beats the best so far; True if kept."""
+        if self.score is not None and score <= self.score:
+            return False
+        from peft import get_peft_model_state_dict
+
+        tensors = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+        self.directory.mkdir(parents=True, exist_ok=True)
+        write_safetensors_atomic(self.directory / "adapter.safetensors", tensors)
+        write_json_atomic(self.directory / "best.json", {"step": step, "score": score})
+        self.step, self.score = step, score
+        return True
+
+    def restore(self, model) -> None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(model, load_file(self.directory / "adapter.safetensors"))
+
+    def forget_after(self, step: int) -> None:
+        """A resumed run replays the steps after its checkpoint: a best found there is found again."""
+        if self.step is not None and self.step > step:
+            self.clear()
+
+    def clear(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+        self.step = self.score = None
+
+
+def _count_tokens(batch: dict, padded: bool = False) -> int:
+    """Real tokens of a batch (all sides of a triplet batch); with `padded`, the padded size."""
     if "attention_mask" in batch:
-        return int(batch["attention_mask"].sum())
-    return sum(_count_tokens(side) for side in batch.values())
+        mask = batch["attention_mask"]
+        return mask.numel() if padded else int(mask.sum())
+    return sum(_count_tokens(side, padded) for side in batch.values() if isinstance(side, dict))
+
+
+def _last_elapsed(path: Path) -> float:
+    """Training seconds already spent (the last `elapsed` in the log), for a resumed run's time axis."""
+    if not path.is_file():
+        return 0.0
+    times = [json.loads(line).get("elapsed", 0.0) for line in path.read_text().splitlines() if line.strip()]
+    return times[-1] if times else 0.0
 
 
 def _truncate_log(path: Path, last_step: int) -> None:
