@@ -7,6 +7,9 @@ and losses (bench/llm2vec_ref_train.py, in its own environment, see bench/llm2ve
 measurement is a separate process (so peak RSS is its own), and the sides alternate per objective.
 
     python bench/train_speed.py --objectives mntp simcse --batch-size 16 --seq-len 128 --steps 4
+
+`--precisions fp32 bf16` instead compares lm2vec with itself at those training precisions (same rows,
+same seeds), step time and the loss of every step, and writes train-precision-<model>-<date>.json.
 """
 
 from __future__ import annotations
@@ -69,7 +72,9 @@ def run_lm2vec(args) -> dict:
         corpus = Path(tmp) / "rows.txt"
         corpus.write_text("\n".join(rows) + "\n")
         stage = StageConfig(objective=args.objective, data=str(corpus), max_steps=args.steps, batch_size=args.batch_size,
-                            max_length=args.seq_len, save_every=10**6, warmup_steps=0, text_unit="line")
+                            max_length=args.seq_len, save_every=10**6, warmup_steps=0, text_unit="line",
+                            precision=args.precision, pack=False, lr=args.lr,
+                            lora={"dropout": args.lora_dropout})
         runner = StageRunner(Recipe(stages=[stage], model=path), stage, path, Path(tmp) / "s", Path(tmp) / "e", device="cpu")
         if args.worker == "full-vocab":
             import lm2vec.tasks
@@ -77,14 +82,14 @@ def run_lm2vec(args) -> dict:
             lm2vec.tasks.mntp_loss_from_hidden = full_vocab_mntp_loss
         runner.setup()
         runner.out_dir.mkdir(parents=True)
-        times = []
+        times, losses = [], []
         for step in range(args.steps):
             import time
 
             began = time.perf_counter()
-            runner.train_step(step)
+            losses.append(runner.train_step(step)[0])
             times.append(time.perf_counter() - began)
-    return summarise(times)
+    return {**summarise(times), "losses": losses, "precision_used": runner.precision}
 
 
 def summarise(times: list[float]) -> dict:
@@ -109,9 +114,10 @@ def run_reference(args, prepared: Path) -> dict:
     return {**summarise(times), "peak_rss_mb": data.get("peak_rss_mb", data.get("peak_rss_MB"))}
 
 
-def measure(side: str, objective: str, args) -> dict:
+def measure(side: str, objective: str, args, precision: str = "fp32") -> dict:
     """One measurement in a fresh process of this script."""
     command = [sys.executable, __file__, "--worker", side, "--objectives", objective, "--model", args.model,
+               "--precision", precision, "--lr", str(args.lr), "--lora-dropout", str(args.lora_dropout),
                "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len), "--steps", str(args.steps),
                "--threads", str(args.threads), "--texts", str(args.texts)]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
@@ -141,6 +147,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--texts", type=Path, default=DEFAULT_TEXTS)
     p.add_argument("--no-reference", action="store_true")
+    p.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout (0.05 as LLM2Vec)")
+    p.add_argument("--precisions", nargs=2, metavar=("BASELINE", "CANDIDATE"),
+                   help="compare lm2vec at two training precisions (e.g. fp32 bf16) instead of against llm2vec")
     p.add_argument("--reference", choices=["llm2vec", "full-vocab"], default="llm2vec",
                    help="llm2vec: its own code in its own venv; full-vocab: lm2vec's loop with llm2vec's full-vocabulary "
                         "MNTP loss (for models llm2vec 0.2.3 cannot load, e.g. Gemma 3)")
@@ -151,6 +162,8 @@ def main() -> None:
         result = run_reference(args, prepared_model(args.model)) if args.worker == "llm2vec" else run_lm2vec(args)
         print(json.dumps(result))
         return
+    if args.precisions:
+        return compare_precisions(args)
     rows = []
     for objective in args.objectives:
         ours = measure("lm2vec", objective, args)
@@ -158,6 +171,35 @@ def main() -> None:
         theirs = {} if args.no_reference else measure(reference, objective, args)
         rows.append({"objective": objective, "lm2vec": ours, "llm2vec": theirs, "reference": reference})
     report(args, rows)
+
+
+def compare_precisions(args) -> None:
+    """lm2vec at two precisions, alternating per objective: step-time ratio and loss agreement."""
+    import platform
+
+    base, cand = args.precisions
+    rows = []
+    print(f"{'objective':10} {base + ' s/step':>12} {cand + ' s/step':>12} {'speed-up':>9} {'max |loss diff|':>16}")
+    for objective in args.objectives:
+        first, second = measure("lm2vec", objective, args, base), measure("lm2vec", objective, args, cand)
+        row = {"objective": objective, base: first, cand: second}
+        if "error" not in first and "error" not in second:
+            row["speedup"] = first["median_step_s"] / second["median_step_s"]
+            row["max_abs_loss_diff"] = max(abs(a - b) for a, b in zip(first["losses"], second["losses"]))
+            print(f"{objective:10} {first['median_step_s']:12.2f} {second['median_step_s']:12.2f} "
+                  f"{row['speedup']:8.2f}x {row['max_abs_loss_diff']:16.4f}")
+        else:
+            print(objective, first.get("error", ""), second.get("error", ""))
+        rows.append(row)
+    date = datetime.date.today().isoformat()
+    tag = "" if args.lora_dropout == 0.05 else f"-lora-dropout-{args.lora_dropout:g}"
+    out = HERE / "results" / f"train-precision-{args.model}{tag}-{date}.json"
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "worker"}
+    cpu_flags = [f for f in ("avx512_bf16", "amx_bf16") if f in Path("/proc/cpuinfo").read_text()]
+    payload = {"date": date, "device": f"CPU {platform.machine()} ({', '.join(cpu_flags) or 'no bf16 units'}), "
+               f"{args.threads} threads", "settings": settings, "rows": rows}
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 def report(args, rows: list[dict]) -> None:
