@@ -1,0 +1,40 @@
+"""bench/sweep.py's smoke configuration runs end to end on a tiny model in seconds."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import byte_tokenizer, tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_sweep_smoke_profile_writes_table_curves_and_plot(tmp_path):
+    model = tmp_path / "model"
+    tiny_model("llama", causal_lm=True).save_pretrained(model)
+    byte_tokenizer().save_pretrained(model)
+    sentences = [f"sentence {i} about the {w} on the hill" for i, w in enumerate(["cat", "dog", "owl", "fox"] * 4)]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(sentences) + "\n")
+    dev = tmp_path / "dev.jsonl"
+    dev.write_text("".join(json.dumps({"sentence1": s, "sentence2": sentences[(i + 5) % 16], "score": i % 5}) + "\n"
+                           for i, s in enumerate(sentences)))
+    command = [sys.executable, str(ROOT / "bench" / "sweep.py"), "--profile", "smoke", "--model", str(model),
+               "--corpus", str(corpus), "--dev", str(dev), "--work", str(tmp_path / "work"),
+               "--results", str(tmp_path / "results")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [report] = (tmp_path / "results").glob("sweep-smoke-*.json")
+    variants = json.loads(report.read_text())["variants"]
+    assert set(variants) == {"bi + MNTP + SimCSE", "causal + SimCSE"}
+    curve = variants["bi + MNTP + SimCSE"]["curve"]
+    assert [p["stage"] for p in curve] == ["mntp"] * 3 + ["simcse"] * 3  # steps 0, 1, 2 of each stage
+    assert all(b["minutes"] >= a["minutes"] for a, b in zip(curve, curve[1:]))  # one time axis across stages
+    assert variants["causal + SimCSE"]["bidirectional"] is False
+    assert (tmp_path / "results" / report.name.replace(".json", "-dev-curves.png")).stat().st_size > 1000
+    assert "| causal + SimCSE |" in report.with_suffix(".md").read_text()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert again.returncode == 0 and json.loads(report.read_text())["variants"] == variants  # resumed, not retrained
