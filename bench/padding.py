@@ -28,6 +28,7 @@ import sweep  # noqa: E402
 
 def padding_share(encoder: Encoder, stage: StageConfig, steps: int) -> float:
     """Padded / all tokens over the first `steps` batches of `stage` (1 process, no accumulation)."""
+    encoder.config.max_length = stage.max_length  # as the training loop's encoder has it
     task = TASKS[stage.objective](stage, encoder, None)
     examples = task.load_examples()
     lengths = task.lengths(examples) if stage.group_by_length else None
