@@ -88,7 +88,7 @@ def _assemble_gguf(spec: BuiltinModel, workdir: Path) -> Path:
     return target
 
 
-def _convert_gguf(gguf: Path, out_dir: Path) -> None:
+def convert_gguf(gguf: Path, out_dir: Path) -> None:
     """Dequantize a GGUF checkpoint with transformers and save it as float32 safetensors."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -113,7 +113,7 @@ def builtin_model_dir(name: str) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
         work = Path(tmp)
         staged = work / "model"
-        _convert_gguf(_assemble_gguf(spec, work), staged)
+        convert_gguf(_assemble_gguf(spec, work), staged)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staged, target)
     return target
