@@ -65,3 +65,12 @@ def tiny_encoder(model_type: str = "llama", attn: str = "sdpa", **config):
     from lm2vec import Encoder, EncoderConfig
 
     return Encoder(tiny_model(model_type, attn), byte_tokenizer(), EncoderConfig(**config))
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A tiny random Llama CausalLM saved like a real checkpoint, with the byte tokenizer (read-only)."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama", causal_lm=True).save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
+    return path

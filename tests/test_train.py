@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import byte_tokenizer, tiny_model
 from safetensors.torch import load_file
 
 from lm2vec import Encoder
@@ -17,15 +16,6 @@ from lm2vec.train import StageRunner, batch_indices, linear_schedule, train
 
 SENTENCES = [f"sentence {i}: the {w} sat on the {v} near {i % 7} trees." for i, (w, v) in
              enumerate((w, v) for w in ("cat", "dog", "bird", "fox") for v in ("mat", "log", "rug", "hill", "box"))]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """A tiny random Llama CausalLM saved like a real checkpoint, with the byte tokenizer."""
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama", causal_lm=True).save_pretrained(path)
-    byte_tokenizer().save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import byte_tokenizer, tiny_encoder, tiny_model
+from conftest import tiny_encoder
 from safetensors.torch import load_file
 from scipy.stats import spearmanr
 
@@ -25,14 +25,6 @@ from lm2vec.train import StageRunner, batch_indices, epoch_order
 WORDS = ["cat", "dog", "bird", "fox", "owl", "eel", "ant", "bee"]
 SENTENCES = [f"the {w} number {i} sat {'very ' * (i % 5)}quietly on the {WORDS[(i + 3) % 8]}." for i, w in
              enumerate(WORDS * 4)]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama", causal_lm=True).save_pretrained(path)
-    byte_tokenizer().save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
