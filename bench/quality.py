@@ -24,6 +24,7 @@ import datetime
 import importlib.util
 import json
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -40,6 +41,7 @@ STS = ["STSBenchmark", "SICK-R", "STS12", "STS13", "STS14", "STS15", "STS16", "B
 OTHER = ["Banking77Classification", "EmotionClassification", "TwitterSemEval2015"]
 PROBES = ["conll2003-pos", "conll2003-chunk", "conll2003-ner"]
 NO_INSTRUCTION = " (no instr.)"  # suffix of the STS scores measured without any instruction
+NO_SHIFT = " (no shift)"  # suffix of MNTP-trained rows' probes read at token i instead of i-1
 
 TINY = dict(max_steps=2, batch_size=4, max_length=32, lr=1e-4, warmup_steps=0, eval_every=1)
 PROFILES = {  # stage settings, and how much of each evaluation split is used
@@ -65,11 +67,14 @@ def variant_specs(stages: dict) -> dict[str, tuple]:
     """The trained variants as sweep specs: (bidirectional, pooling, [stages])."""
     m, s, u = stages["mntp"], stages["simcse"], stages["supervised"]
     return {"mntp": (True, "mean", [m]), "simcse": (True, "mean", [m, s]), "supervised": (True, "mean", [m, u]),
+            "supervised_plain": (True, "mean", [m, {**u, "use_instructions": False}]),
             "uni_simcse": (False, "mean", [s]), "bi_simcse": (True, "mean", [s])}
 
 
 TRAINED_ROWS = {"mntp": "bi + MNTP", "simcse": "bi + MNTP + SimCSE (LLM2Vec unsup.)",
-                "supervised": "bi + MNTP + supervised (SNLI)", "uni_simcse": "Uni + SimCSE (causal, no MNTP)",
+                "supervised": "bi + MNTP + supervised (SNLI)",
+                "supervised_plain": "bi + MNTP + supervised (SNLI, trained without instructions)",
+                "uni_simcse": "Uni + SimCSE (causal, no MNTP)",
                 "bi_simcse": "bi + SimCSE (no MNTP)"}
 
 
@@ -125,11 +130,9 @@ def evaluate_variant(name: str, settings: dict, args, profile: dict, work: Path)
     from lm2vec.eval.mteb import (
         evaluate,  # here, not at the top: --train-only runs where mteb is not installed
     )
-    from lm2vec.eval.probes import ProbeSettings, probe_tasks
-
     model = settings.pop("model")
     encoder = Encoder.from_pretrained(model, device=args.device, **settings)
-    out = work / "eval" / name.split(" (")[0].replace(" ", "_").replace("+", "p").replace(",", "")
+    out = work / "eval" / re.sub(r"[^a-z0-9]+", "_", name.lower().replace("+", "p")).strip("_")  # one folder per row
     common = dict(data_dir=args.data_dir, limit=profile["eval_limit"], n_experiments=profile["n_experiments"],
                   batch_size=profile["batch_size"])
     tasks = STS if args.sts_only else STS + OTHER
@@ -140,9 +143,22 @@ def evaluate_variant(name: str, settings: dict, args, profile: dict, work: Path)
     scores.update(_scores(evaluate(encoder, STS, output_dir=out / "no_instructions", instructions_file=none,
                                    cache_dir=out / "embedding_cache", **common), NO_INSTRUCTION))
     if not args.sts_only:
-        settings = ProbeSettings(pooling="mean", train_limit=profile["probe_train"], test_limit=profile["probe_test"])
+        scores.update(probe_scores(encoder, args, profile, out))
+    return scores
+
+
+def probe_scores(encoder, args, profile: dict, out: Path) -> dict[str, float]:
+    """CoNLL probes with the default read-out (shifted for MNTP-trained encoders, as LLM2Vec), and for
+    MNTP-trained encoders also unshifted, so the benchmark shows which read-out should be the default."""
+    from lm2vec.eval.probes import ProbeSettings, probe_tasks
+
+    scores = {}
+    shifts = [(None, "")] + ([(False, NO_SHIFT)] if "mntp" in encoder.config.training else [])
+    for shift, suffix in shifts:
+        settings = ProbeSettings(pooling="mean", shift=shift, train_limit=profile["probe_train"],
+                                 test_limit=profile["probe_test"])
         for task, result in probe_tasks(encoder, PROBES, args.data_dir, settings, cache_dir=out / "probe_cache").items():
-            scores[task] = 100 * result["main_score"]
+            scores[task + suffix] = 100 * result["main_score"]
     return scores
 
 
@@ -236,15 +252,20 @@ def targets(table: dict[str, dict]) -> dict[str, dict]:
             checks["unsup_minus_uni_simcse"] = {"value": unsup[avg] - uni_simcse[avg], "target": "> 0"}
         if sup:
             checks["supervised_minus_best_uni"] = {"value": sup[avg] - best_uni, "target": ">= 15"}
+        if plain := table.get(TRAINED_ROWS["supervised_plain"]):
+            checks["supervised_without_instructions_minus_best_uni"] = {"value": plain[avg] - best_uni, "target": ">= 15"}
         out["instructions" if not suffix else "no instructions"] = checks
     mntp = table.get(TRAINED_ROWS["mntp"], {})
-    if all(mntp.get(t) is not None for t in PROBES):
-        out["mntp_minus_bi_untrained_probes"] = {"value": {t: mntp[t] - bi[t] for t in PROBES}, "target": "> 0"}
+    for suffix, readout in (("", "shifted (token i from i-1)"), (NO_SHIFT, "not shifted")):
+        if all(mntp.get(t + suffix) is not None for t in PROBES):
+            out[f"mntp_minus_bi_untrained_probes, {readout}"] = {
+                "value": {t: mntp[t + suffix] - bi[t] for t in PROBES}, "target": "> 0"}
     return out
 
 
 def report(args, profile, trained, table, train_minutes, total_seconds) -> None:
-    columns = STS + [t + NO_INSTRUCTION for t in STS] + ([] if args.sts_only else OTHER + PROBES)
+    columns = STS + [t + NO_INSTRUCTION for t in STS] + ([] if args.sts_only else
+                                                         OTHER + PROBES + [t + NO_SHIFT for t in PROBES])
     date = datetime.date.today().isoformat()
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or 'x86_64'}, {torch.get_num_threads()} threads)"
     payload = {"date": date, "model": args.model, "profile": args.profile, "device": device,

@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
+# CLI output is matched on content: a wide console, so rich never wraps a long temp path mid-message.
+os.environ["COLUMNS"] = "250"
+
+import pytest  # noqa: E402
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedTokenizerFast

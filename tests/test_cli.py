@@ -32,8 +32,21 @@ def test_encode_reports_a_bad_row_with_its_line(tmp_path):
 
 
 def test_encode_rejects_an_empty_input_before_loading_anything(tmp_path):
-    (tmp_path / "empty.txt").write_text("\n")
+    (tmp_path / "empty.txt").write_text("")
     result = CliRunner().invoke(app, ["encode", "-m", str(tmp_path / "no-model"), "-i", str(tmp_path / "empty.txt"),
                                       "-o", str(tmp_path / "out.npy")])
     assert result.exit_code == 2 and "holds no texts" in result.output
     assert not (tmp_path / "out.npy").exists()
+
+
+def test_demo_verdict_needs_every_paraphrase_pair_above_every_unrelated_pair():
+    from lm2vec.cli import _verdict, worst_ranking
+
+    good = np.eye(6)[[0, 0, 1, 1, 2, 2]] + 0.1  # sentences 2k and 2k+1 share a direction
+    good /= np.linalg.norm(good, axis=1, keepdims=True)
+    lowest, highest, _ = worst_ranking(good)
+    assert lowest > highest and "every paraphrase pair" in _verdict(good)
+    bad = good.copy()
+    bad[5] = bad[0]  # sentence 5 now equals sentence 0: an unrelated pair as close as can be
+    lowest, highest, pair = worst_ranking(bad)
+    assert pair == (0, 5) and highest > lowest and "not there yet" in _verdict(bad)

@@ -26,7 +26,7 @@ import pytest
 import uvicorn
 from conftest import tiny_encoder
 
-from lm2vec.server import ServerSettings, create_app
+from lm2vec.server import DrainingServer, ServerSettings, create_app
 from lm2vec.serving_queue import BatchQueue, QueueSettings
 
 WORDS = ["the", "a", "cat", "dog", "sat", "ran", "on", "under", "mat", "log", "quickly", "big", "red", "blue"]
@@ -141,7 +141,7 @@ def test_load_concurrent_clients_get_their_own_vectors(encoder, expected):
             return await asyncio.gather(*(_client(url, seed, 10, expected) for seed in range(8)))
 
         assert sum(asyncio.run(load())) == 80  # zero lost, zero mismatched
-        assert service.metrics.requests["200"] == 80
+        assert service.metrics.requests[("/v1/embeddings", "200")] == 80
         assert service.metrics.batch_rows.count < service.metrics.inputs  # rows were batched
 
 
@@ -220,7 +220,9 @@ def test_bad_requests_get_clean_errors_and_server_keeps_serving(encoder, expecte
         metrics = client.get("/metrics").text
         assert (
             'lm2vec_errors_total{type="invalid_input"}' in metrics
-            and 'lm2vec_requests_total{status="400"}' in metrics
+            and 'lm2vec_requests_total{path="/v1/embeddings",status="400"}' in metrics
+            and 'lm2vec_requests_total{path="/v1/embeddings",status="405"} 1' in metrics
+            and 'lm2vec_requests_total{path="unmatched",status="404"} 1' in metrics
         )
 
 
@@ -241,7 +243,7 @@ def test_metrics_and_health(encoder):
         assert httpx.get(f"{url}/health").json() == {"status": "ok", "model": "tiny", "queue_depth": 0}
         assert httpx.get(f"{url}/v1/models").json()["data"][0]["id"] == "tiny"
     for line in (
-        'lm2vec_requests_total{status="200"} 1',
+        'lm2vec_requests_total{path="/v1/embeddings",status="200"} 1',
         "lm2vec_inputs_total 3",
         "lm2vec_queue_depth 0",
         'lm2vec_batch_size_bucket{le="4"}',
@@ -320,7 +322,7 @@ def test_client_disconnect_does_not_break_the_batch_for_others(expected):
 
         assert sum(asyncio.run(scenario())) == 8
         assert asyncio.run(_client(url, 99, 2, expected)) == 2
-        assert service.metrics.requests.get("500", 0) == 0
+        assert service.metrics.requests.get(("/v1/embeddings", "500"), 0) == 0
 
 
 def test_graceful_shutdown_answers_every_accepted_request(expected):
@@ -379,6 +381,40 @@ def test_cli_serve_answers_then_exits_on_sigterm(tmp_path, expected):
         process.send_signal(signal.SIGTERM)
         output = process.communicate(timeout=30)[0]
     assert "127.0.0.1" in output and "Finished server process" in output, output
+    assert process.returncode == 0, "a handled SIGTERM is a clean exit, not 143"
+
+
+def test_sigterm_drains_new_requests_get_503_until_the_socket_closes(expected):
+    encoder = slow(tiny_encoder(max_length=128), 0.5)
+    app = create_app(encoder, ServerSettings(model_name="tiny"))
+    service, sock = app.state.service, socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = DrainingServer(uvicorn.Config(app, log_level="warning"), service, drain_s=1.5)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            accepted = asyncio.create_task(client.post("/v1/embeddings", json={"input": POOL[:2]}))
+            await _until(lambda: service.in_flight == 1)
+            server.handle_exit(signal.SIGTERM, None)  # what the signal handler calls
+            late = await client.post("/v1/embeddings", json={"input": POOL[2]})
+            health = await client.get("/health")
+            return await accepted, late, health
+
+    accepted, late, health = asyncio.run(scenario())
+    assert accepted.status_code == 200, "an accepted request is answered"
+    assert np.abs(vectors_of(accepted.json()) - np.stack([expected[t] for t in POOL[:2]])).max() < 1e-5
+    assert late.status_code == 503 and late.json()["error"]["code"] == "shutting_down"
+    assert health.status_code == 503 and health.json()["status"] == "shutting_down"
+    thread.join(30)
+    assert not thread.is_alive(), "the server stops once the drain time is over and nothing is in flight"
+    with pytest.raises(httpx.ConnectError):
+        httpx.post(f"{url}/v1/embeddings", json={"input": "after"})
+    sock.close()
 
 
 def _wait_for_server(url: str, process: subprocess.Popen, timeout: float = 60) -> None:

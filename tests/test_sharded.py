@@ -89,3 +89,36 @@ def test_two_torchrun_processes_give_exactly_the_single_process_output(tmp_path)
     one = _cli_encode(tmp_path / "model", tmp_path / "texts.txt", tmp_path / "one.npy", processes=1)
     assert two.shape == (23, 64)
     np.testing.assert_array_equal(two, one)
+
+
+def test_by_default_an_interruption_loses_at_most_one_batch(tmp_path, monkeypatch, capsys):
+    encoder = tiny_encoder()
+    out, plain_encode, calls = tmp_path / "vectors.npy", encoder.encode, []
+
+    def crash_on_fourth_batch(texts, **options):
+        calls.append(len(texts))
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return plain_encode(texts, **options)
+
+    monkeypatch.setattr(encoder, "encode", crash_on_fourth_batch)
+    with pytest.raises(KeyboardInterrupt):
+        encode_sharded(encoder, TEXTS, out, batch_size=4)
+    assert calls == [4, 4, 4, 4] and len(list(shard_dir(out).glob("shard-*.npy"))) == 3, "3 whole batches kept"
+    monkeypatch.setattr(encoder, "encode", plain_encode)
+    capsys.readouterr()
+    merged = encode_sharded(encoder, TEXTS, out, batch_size=4, show_progress=True)
+    assert "23/23" in capsys.readouterr().err, "one progress bar, counted in texts across shards"
+    assert np.abs(merged - plain_encode(TEXTS, batch_size=4)).max() < 1e-5
+
+
+def test_shards_hold_texts_of_similar_length_and_truncation_is_reported_once(tmp_path):
+    encoder = tiny_encoder(max_length=8)
+    texts = [("word " * (i % 5 * 4)) + f"t{i}" for i in range(20)]
+    with pytest.warns(UserWarning) as caught:
+        merged = encode_sharded(encoder, texts, tmp_path / "v.npy", batch_size=4)
+    messages = [str(w.message) for w in caught if "truncated" in str(w.message)]
+    cut = sum(t.truncated for t in encoder.tokenize([(None, t) for t in texts]))
+    assert 0 < cut < 20 and messages == [f"{cut} of 20 texts were longer than max_length=8 tokens and were truncated"]
+    with pytest.warns(UserWarning):
+        assert np.abs(merged - encoder.encode(texts, batch_size=4)).max() < 1e-5

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
+
+from .atomic import replace_dir, staging_dir
 
 logger = logging.getLogger(__name__)
 STATE = "state.json"
@@ -41,8 +41,7 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict, groups: 
 def save_checkpoint(directory: Path, step: int, model, optimizer, scheduler, extra: dict) -> Path:
     """Write checkpoint `step` atomically under `directory/step-XXXXXXX`."""
     target = directory / f"step-{step:07d}"
-    directory.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=directory, prefix=".tmp-"))
+    staging = staging_dir(target)
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()},
                   staging / "adapter.safetensors")
@@ -50,8 +49,7 @@ def save_checkpoint(directory: Path, step: int, model, optimizer, scheduler, ext
         save_file(tensors, staging / "optimizer.safetensors")
         state = {"step": step, "param_groups": groups, "scheduler": scheduler.state_dict(), **extra, "complete": True}
         (staging / STATE).write_text(json.dumps(state))
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(staging, target)
+        replace_dir(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -4,71 +4,89 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_errors import exit_with
 from .models import DEFAULT_MODEL
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Turn decoder LLMs into text encoders.")
 console = Console()
+DEVICE_HELP = "cpu, cuda, cuda:1, mps, ... (default: cuda when available, else cpu)"
+MODEL_HELP = "built-in name (smollm2-135m, gemma3-270m), local model folder or hub id"
 
 
-def _read_inputs(path: Path, column: str) -> list:
-    """Texts from .txt (one per line) or .csv/.tsv; .jsonl rows may carry their own "instruction"."""
-    from .data.errors import Problems
-    from .data.text import detect_format, iter_jsonl_field, load_texts
+@app.callback()
+def options(debug: bool = typer.Option(False, "--debug", help="show the full traceback when something fails "
+                                       "(also LM2VEC_DEBUG=1)")) -> None:
+    """Turn decoder LLMs into text encoders: train (LLM2Vec), evaluate (MTEB, probes), encode, serve, export."""
 
-    fmt = detect_format(path)
-    if fmt != "jsonl":
-        return load_texts(path, column=None if fmt == "text" else column, on_error="raise")
-    from .data.text import iter_jsonl
 
-    problems = Problems("raise")
-    list(iter_jsonl_field(path, column, problems))  # validates every row's text field with file:line errors
-    return [(r["instruction"], r[column]) if isinstance(r.get("instruction"), str) and r["instruction"] else r[column]
-            for _, r in iter_jsonl(path, problems)]
+def _index_path(output: Path) -> Path:
+    return output.with_name(output.name.removesuffix(".npy") + ".rows.npy")
+
+
+def _check_output(output: Path, overwrite: bool) -> None:
+    """Before any model loads: never replace a finished output unless asked."""
+    if output.is_dir():
+        raise typer.BadParameter(f"{output} is a folder; give a .npy file", param_hint="--output")
+    if output.exists() and not overwrite:
+        raise typer.BadParameter(f"{output} exists; pass --overwrite to replace it", param_hint="--output")
 
 
 @app.command()
 def encode(
-    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="built-in name, local directory or hub id"),
-    input: Path = typer.Option(..., "--input", "-i", exists=True, dir_okay=False, help=".txt, .jsonl, .csv or .tsv"),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help=MODEL_HELP),
+    input: Path = typer.Option(..., "--input", "-i", exists=True, dir_okay=False,
+                               help=".txt (one text per line), .jsonl, .csv or .tsv"),
     output: Path = typer.Option(..., "--output", "-o", help="where to write the (n, D) float32 .npy"),
     instruction: str = typer.Option(None, help="instruction applied to every text (attended, not pooled)"),
     column: str = typer.Option("text", help="text field for .jsonl/.csv/.tsv inputs"),
     pooling: str = typer.Option(None, help="mean | weighted_mean | last | first (default: the model's)"),
     batch_size: int = typer.Option(32, min=1, help="most texts per forward pass"),
     max_tokens: int = typer.Option(None, min=1, help="most padded tokens per forward pass (default: no cap)"),
-    max_length: int = typer.Option(None, min=1),
+    max_length: int = typer.Option(None, min=1, help="tokens per text; longer texts are cut, with a warning "
+                                   "(default: the model's)"),
     normalize: bool = typer.Option(False, help="L2-normalise the vectors"),
-    shard_size: int = typer.Option(10_000, min=1, help="texts per resumable shard (<output>.shards/)"),
+    skip_empty: bool = typer.Option(False, help="leave out rows without text instead of failing, and write "
+                                    "<output>.rows.npy: the input row of each vector"),
+    overwrite: bool = typer.Option(False, help="replace an existing output file"),
+    shard_size: int = typer.Option(None, min=1, help="texts per resumable shard in <output>.shards/ "
+                                   "(default: one batch, so an interruption loses at most one batch)"),
     keep_shards: bool = typer.Option(False, help="keep <output>.shards/ after merging"),
-    device: str = typer.Option(None),
+    device: str = typer.Option(None, help=DEVICE_HELP),
 ) -> None:
-    """Embed every text of a file and save the vectors as .npy, in input order.
+    """Embed every row of a file and save the vectors as .npy: row i of the input is vector i.
 
     Work is saved shard by shard, so re-running an interrupted command skips finished shards. Under
     `torchrun --nproc_per_node N` the shards are spread over N processes and rank 0 merges them.
     """
+    import numpy as np
+
+    from .atomic import save_npy_atomic
+    from .data.inputs import read_input_rows
     from .distributed import init_distributed, process_device, shutdown
     from .encoder import Encoder
     from .sharded import encode_sharded
 
+    _check_output(output, overwrite)
     rank, world = init_distributed()
     if device is None and world > 1:
         device = process_device()
-    texts = _read_inputs(input, column)
-    if not texts:
+    rows = read_input_rows(input, column, skip_empty)
+    if not rows.texts:
         raise typer.BadParameter(f"{input} holds no texts", param_hint="--input")
     encoder = Encoder.from_pretrained(model, pooling=pooling, max_length=max_length, device=device)
-    vectors = encode_sharded(encoder, texts, output, shard_size=shard_size, rank=rank, world=world,
+    vectors = encode_sharded(encoder, rows.texts, output, shard_size=shard_size, rank=rank, world=world,
                              keep_shards=keep_shards, instruction=instruction, batch_size=batch_size,
                              max_tokens=max_tokens, normalize=normalize, show_progress=rank == 0)
     if vectors is not None:
+        if skip_empty:
+            save_npy_atomic(_index_path(output), np.asarray(rows.rows, dtype=np.int64))
+        skipped = f"; skipped {len(rows.skipped)} empty rows, input rows in {_index_path(output)}" if skip_empty else ""
         console.print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} vectors to {output}"
-                      + (f" ({world} processes)" if world > 1 else ""))
+                      + (f" ({world} processes)" if world > 1 else "") + skipped)
     shutdown(world)
 
 
@@ -79,7 +97,7 @@ def train(
     model: str = typer.Option(None, "--model", "-m", help="override the recipe's model"),
     output: Path = typer.Option(Path("runs/latest"), "--output", "-o", help="run directory"),
     resume: bool = typer.Option(False, help="continue from the last complete checkpoint in OUTPUT"),
-    device: str = typer.Option(None),
+    device: str = typer.Option(None, help=DEVICE_HELP),
 ) -> None:
     """Run every stage of RECIPE; extra arguments are key=value overrides (e.g. mntp.max_steps=10)."""
     from .config import load_recipe
@@ -92,7 +110,7 @@ def train(
 
 
 @app.command()
-def info(model: str = typer.Argument(DEFAULT_MODEL, help="built-in name, local directory or hub id")) -> None:
+def info(model: str = typer.Argument(DEFAULT_MODEL, help=MODEL_HELP)) -> None:
     """Architecture, size and whether bidirectional attention really works for MODEL."""
     from .bidirectional import BidirectionalError, make_bidirectional
     from .encoder import Encoder
@@ -122,22 +140,24 @@ def info(model: str = typer.Argument(DEFAULT_MODEL, help="built-in name, local d
 
 @app.command("eval")
 def evaluate(
-    model: str = typer.Argument(DEFAULT_MODEL, help="built-in name, local directory or hub id"),
+    model: str = typer.Argument(DEFAULT_MODEL, help=MODEL_HELP),
     tasks: str = typer.Option("STSBenchmark", help="comma-separated MTEB task names"),
     data_dir: Path = typer.Option(None, help="local data pack (offline); without it mteb downloads from the hub"),
     output: Path = typer.Option(Path("results"), "--output", "-o", help="results JSON and embedding cache"),
     instructions: Path = typer.Option(None, help="JSON {task: instruction} overriding LLM2Vec's defaults"),
-    batch_size: int = typer.Option(32, min=1),
+    batch_size: int = typer.Option(32, min=1, help="texts per forward pass"),
     limit: int = typer.Option(None, min=1, help="sample each local evaluation split to at most N rows"),
-    pooling: str = typer.Option(None),
+    pooling: str = typer.Option(None, help="mean | weighted_mean | last | first (default: the model's)"),
     bidirectional: bool = typer.Option(None, "--bidirectional/--causal", help="default: the model's setting"),
-    device: str = typer.Option(None),
+    device: str = typer.Option(None, help=DEVICE_HELP),
 ) -> None:
     """Run MTEB tasks with mteb's own evaluators (offline with --data-dir) and print the main scores."""
     from .encoder import Encoder
+    from .eval.mteb import check_task_names
     from .eval.mteb import evaluate as run_mteb
 
     names = [t.strip() for t in tasks.split(",") if t.strip()]
+    check_task_names(names, data_dir)  # before the model loads
     encoder = Encoder.from_pretrained(model, pooling=pooling, bidirectional=bidirectional, device=device)
     run_mteb(encoder, names, data_dir=data_dir, output_dir=output, instructions_file=instructions,
              batch_size=batch_size, limit=limit)
@@ -145,7 +165,7 @@ def evaluate(
 
 @app.command()
 def probe(
-    model: str = typer.Argument(DEFAULT_MODEL, help="built-in name, local directory or hub id"),
+    model: str = typer.Argument(DEFAULT_MODEL, help=MODEL_HELP),
     task: str = typer.Option("conll2003-ner", help="comma-separated: conll2003-pos, conll2003-chunk, conll2003-ner, "
                              "conll2000-chunk"),
     data_dir: Path = typer.Option(..., help="data pack holding word/CoNLL-2003 and word/CoNLL-2000"),
@@ -156,8 +176,8 @@ def probe(
     shift: bool = typer.Option(None, "--shift/--no-shift", help="read token i from position i-1 (default: on "
                                "for MNTP-trained models)"),
     bidirectional: bool = typer.Option(None, "--bidirectional/--causal", help="default: the model's setting"),
-    batch_size: int = typer.Option(32, min=1),
-    device: str = typer.Option(None),
+    batch_size: int = typer.Option(32, min=1, help="sentences per forward pass"),
+    device: str = typer.Option(None, help=DEVICE_HELP),
 ) -> None:
     """Word-level linear probes on frozen token states (LLM2Vec §3.2): accuracy, entity/chunk F1."""
     from .encoder import Encoder
@@ -204,46 +224,77 @@ def paraphrase_gap(vectors) -> float:
     return float(sims[same & off_diagonal].mean() - sims[~same].mean())
 
 
-def _demo_table(model: str, label: str) -> float:
+def worst_ranking(vectors) -> tuple[float, float, tuple[int, int]]:
+    """(lowest paraphrase cosine, highest unrelated cosine, that unrelated pair): the demo's claim
+    holds when every paraphrase pair beats every unrelated pair, i.e. the first is above the second."""
+    import numpy as np
+
+    sims = vectors @ vectors.T
+    pair_of = np.arange(len(vectors)) // 2
+    unrelated = np.triu(pair_of[:, None] != pair_of[None, :], 1)
+    i, j = np.unravel_index(np.where(unrelated, sims, -np.inf).argmax(), sims.shape)
+    return float(np.diag(sims[0::2, 1::2]).min()), float(sims[i, j]), (int(i), int(j))
+
+
+def _demo_table(model: str, label: str, **options) -> tuple[float, object]:
     from .encoder import Encoder
 
-    vectors = Encoder.from_pretrained(model).encode(DEMO_SENTENCES, normalize=True)
+    vectors = Encoder.from_pretrained(model, **options).encode(DEMO_SENTENCES, normalize=True)
     gap = paraphrase_gap(vectors)
     console.print(similarity_table(f"{label}: paraphrase gap {gap:+.3f}", DEMO_SENTENCES, vectors))
-    return gap
+    return gap, vectors
+
+
+def _verdict(vectors) -> str:
+    lowest, highest, (i, j) = worst_ranking(vectors)
+    if lowest > highest:
+        return f"[green]every paraphrase pair ({lowest:.2f} and up) ranks above every unrelated pair ({highest:.2f} at most)[/green]"
+    return (f"[yellow]not there yet[/yellow]: unrelated sentences {i} and {j} ({highest:.2f}) rank above a paraphrase "
+            f"pair ({lowest:.2f}); this short run is not enough, recipes/llm2vec-unsupervised.yaml (~13 CPU minutes) is")
 
 
 @app.command()
 def demo(
-    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m"),
-    recipe: Path = typer.Option(Path(__file__).parent / "recipes" / "demo.yaml", help="short LLM2Vec recipe"),
-    output: Path = typer.Option(Path("runs/demo"), "--output", "-o"),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help=MODEL_HELP),
+    recipe: Path = typer.Option(Path(__file__).parent / "recipes" / "demo.yaml", help="short training recipe"),
+    output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="run directory (a re-run resumes)"),
     train: bool = typer.Option(True, help="train the short recipe between the two tables"),
 ) -> None:
-    """The main job on the built-in model: similarities before, a short LLM2Vec run, similarities after.
+    """The main job on the built-in model: similarities before, a short training run, similarities after.
 
     Pairs (0,1), (2,3), (4,5) are paraphrases; the paraphrase gap is their mean cosine minus the mean
     cosine of unrelated pairs. A re-run resumes the training where it stopped.
     """
+    import time
+
     from .config import load_recipe
     from .train import train as run_training
 
-    before = _demo_table(model, f"{model}, bidirectional, no training")
-    if not train:
-        return
     loaded = load_recipe(recipe, [f"model={model}"])
-    steps = ", ".join(f"{s.name} {s.max_steps} steps x {s.batch_size}" for s in loaded.stages)
-    console.print(f"training {loaded.name} ({steps}) into {output}; this takes a few minutes on a CPU")
-    final = run_training(loaded, output, resume=True)
-    after = _demo_table(str(final), f"after {loaded.name}")
-    console.print(f"paraphrase gap: {before:+.3f} before, {after:+.3f} after training (loss curves: {output}/*/loss.png)")
+    attention = "bidirectional" if loaded.bidirectional else "causal"
+    started = time.monotonic()
+    before, _ = _demo_table(model, f"{model}, {attention}, no training", bidirectional=loaded.bidirectional,
+                            pooling=loaded.pooling)
+    timings = [("model and table before", time.monotonic() - started)]
+    if train:
+        steps = ", ".join(f"{s.name} {s.max_steps} steps x {s.batch_size}" for s in loaded.stages)
+        console.print(f"training {loaded.name} ({attention}; {steps}) into {output}: a few CPU minutes")
+        final = run_training(loaded, output, resume=True)
+        timings.append(("training", time.monotonic() - started - sum(t for _, t in timings)))
+        after, vectors = _demo_table(str(final), f"after {loaded.name}")
+        timings.append(("table after", time.monotonic() - started - sum(t for _, t in timings)))
+        console.print(f"paraphrase gap: {before:+.3f} before, {after:+.3f} after training (loss curves: "
+                      f"{output}/*/loss.png)")
+        console.print(_verdict(vectors))
+    console.print("took " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings)
+                  + f"; {time.monotonic() - started:.0f} s in all")
 
 
 @app.command()
 def serve(
-    model: str = typer.Argument(..., help="built-in name, local directory or hub id"),
+    model: str = typer.Argument(DEFAULT_MODEL, help=MODEL_HELP),
     host: str = typer.Option("127.0.0.1", help="interface to bind (0.0.0.0 exposes it to the network)"),
-    port: int = typer.Option(8080, min=1, max=65535),
+    port: int = typer.Option(8080, min=1, max=65535, help="TCP port to listen on"),
     api_key: str = typer.Option(None, envvar="LM2VEC_API_KEY", help="require 'Authorization: Bearer KEY'"),
     served_model_name: str = typer.Option(None, help="name returned in responses (default: MODEL's name)"),
     max_batch_size: int = typer.Option(32, min=1, help="rows per forward pass; 1 disables batching"),
@@ -256,8 +307,10 @@ def serve(
     truncate: bool = typer.Option(False, help="cut over-long inputs instead of refusing them with 400"),
     max_body_mb: float = typer.Option(8.0, min=0.001, help="request body limit, MiB"),
     timeout: float = typer.Option(60.0, min=0.001, help="per-request timeout, seconds (504)"),
+    drain_seconds: float = typer.Option(2.0, min=0, help="after SIGTERM, keep the socket open this long, "
+                                        "answering new requests with 503 shutting_down"),
     normalize: bool = typer.Option(True, help="unit-length vectors, as OpenAI returns"),
-    device: str = typer.Option(None),
+    device: str = typer.Option(None, help=DEVICE_HELP),
     dtype: str = typer.Option(None, help="float32 | bfloat16 | float16 (default: float32 on CPU)"),
 ) -> None:
     """Serve MODEL with an OpenAI-compatible POST /v1/embeddings (plus /health and /metrics)."""
@@ -273,18 +326,19 @@ def serve(
     settings = ServerSettings(model_name=name, max_inputs=min(max_inputs, max_queue), truncate=truncate,
                               max_body_bytes=int(max_body_mb * 1024 * 1024), normalize=normalize,
                               request_timeout_s=timeout, api_key=api_key or None, queue=queue)
-    run_server(encoder, settings, host=host, port=port)
+    run_server(encoder, settings, host=host, port=port, drain_s=drain_seconds)
 
 
 @app.command(name="export")
 def export_model(
     model: str = typer.Argument(..., help="built-in name, local directory (trained encoder or adapter) or hub id"),
-    output: Path = typer.Argument(..., help="folder to write (replaced if it exists)"),
+    output: Path = typer.Argument(..., help="new or empty folder to write (or an earlier export, with --overwrite)"),
     format: str = typer.Option(..., "--format", "-f", help="sentence-transformers | merged"),
     prompt: list[str] = typer.Option([], help="sentence-transformers prompt NAME=INSTRUCTION (repeatable)"),
     eval_results: Path = typer.Option(None, exists=True, dir_okay=False, help="evaluation JSON for the model card"),
     verify: bool = typer.Option(True, help="reload the export and check it gives lm2vec's vectors"),
     dtype: str = typer.Option(None, help="weights dtype (default float32)"),
+    overwrite: bool = typer.Option(False, help="replace an earlier export in OUTPUT (other folders are refused)"),
 ) -> None:
     """Write MODEL as a sentence-transformers folder or as plain merged safetensors, with a model card."""
     from .export import export as run_export
@@ -292,26 +346,14 @@ def export_model(
     prompts = dict(item.split("=", 1) for item in prompt if "=" in item)
     if len(prompts) != len(prompt):
         raise ValueError("--prompt takes NAME=INSTRUCTION")
-    report = run_export(model, output, format, prompts=prompts, eval_results=eval_results, verify=verify, dtype=dtype)
+    report = run_export(model, output, format, prompts=prompts, eval_results=eval_results, verify=verify, dtype=dtype,
+                        overwrite=overwrite)
     console.print(f"wrote {format} export to {output}" + (f" (min cosine vs lm2vec {report:.6f})" if report else ""))
 
 
 def main() -> None:
-    """Entry point: user errors (bad recipe, data, input) print one clear line instead of a traceback."""
-    from .bidirectional import BidirectionalError
-    from .config import RecipeError
-    from .data.errors import DataError
-
-    try:
-        app(standalone_mode=False)
-    except (RecipeError, DataError, BidirectionalError, ValueError, FileNotFoundError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise SystemExit(2) from None
-    except click.exceptions.ClickException as error:
-        error.show()
-        raise SystemExit(error.exit_code) from None
-    except click.exceptions.Abort:
-        raise SystemExit(130) from None
+    """Entry point: every failure becomes one `error:` line and an exit status (see cli_errors)."""
+    exit_with(app)
 
 
 if __name__ == "__main__":

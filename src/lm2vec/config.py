@@ -8,6 +8,9 @@ recipes lower step counts and lengths for CPU.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +75,7 @@ class StageConfig:
     scale: float = 20.0  # 1 / temperature (0.05)
     instruction: str | None = None  # supervised: for queries without their own; simcse: on every text
     symmetric: bool = False  # supervised: instruction on both sides
+    use_instructions: bool = True  # supervised: false trains plain text on both sides (SBERT / SimCSE style)
     data_limit: int | None = None
     text_unit: str = "line"  # line | paragraph | sentence: what one training text is (builtin corpora: paragraph)
     pack: bool = True  # MNTP: concatenate texts and cut the stream into full max_length blocks (no padding)
@@ -90,9 +94,9 @@ class StageConfig:
     seed: int = 42
 
     def __post_init__(self) -> None:
-        if isinstance(self.lora, dict):
-            self.lora = _build(LoraSettings, self.lora, "lora")
         self.name = self.name or self.objective
+        if isinstance(self.lora, dict):
+            self.lora = _build(LoraSettings, self.lora, f"stage {self.name!r}: lora")
         _check(self.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         _check(bool(self.data), f"stage {self.name!r}: data is required")
         for key in ("max_steps", "batch_size", "grad_accum", "max_length", "save_every", "keep_checkpoints"):
@@ -125,7 +129,7 @@ class Recipe:
 
     def __post_init__(self) -> None:
         _check(isinstance(self.stages, list) and self.stages, "a recipe needs a non-empty list of stages")
-        self.stages = [s if isinstance(s, StageConfig) else _build(StageConfig, s, f"stages[{i}]")
+        self.stages = [s if isinstance(s, StageConfig) else _build(StageConfig, s, _stage_label(s, i))
                        for i, s in enumerate(self.stages)]
         check_pooling_mode(self.pooling)
         names = [s.name for s in self.stages]
@@ -135,14 +139,66 @@ class Recipe:
         return asdict(self)
 
 
+def _stage_label(data: Any, index: int) -> str:
+    """How errors name a stage: by its name (or objective) as the recipe and overrides call it."""
+    name = data.get("name") or data.get("objective") if isinstance(data, dict) else None
+    return f"stage {name!r}" if isinstance(name, str) and name else f"stages[{index}]"
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether a YAML value fits a field's annotation (bool is not a number here)."""
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return isinstance(value, list) and all(_type_ok(v, typing.get_args(hint)[0]) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint in (int, float):
+        return isinstance(value, int if hint is int else (int, float)) and not isinstance(value, bool)
+    if dataclasses.is_dataclass(hint):
+        return isinstance(value, (dict, hint))
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _describe(hint: Any) -> str:
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        return " or ".join(_describe(arg) for arg in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return f"a list of {_describe(typing.get_args(hint)[0]).split(' ', 1)[-1]}s"
+    return names.get(hint, "a mapping" if dataclasses.is_dataclass(hint) else str(hint))
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """'5e-4' is a string to YAML 1.1 (no dot); read it as the number the user meant."""
+    if isinstance(value, str) and float in (hint, *typing.get_args(hint)):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _typed(cls, data: dict, where: str) -> dict:
+    """`data` with numbers coerced, after checking every value against the field's type."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for key, value in data.items():
+        out[key] = _coerce(value, hints[key])
+        _check(_type_ok(out[key], hints[key]), f"{where}: {key} must be {_describe(hints[key])}, got {value!r}")
+    return out
+
+
 def _build(cls, data: Any, where: str):
-    """Instantiate a config dataclass from a mapping, naming unknown keys and their location."""
+    """Instantiate a config dataclass from a mapping, naming unknown keys, bad types and their location."""
     _check(isinstance(data, dict), f"{where} must be a mapping, got {type(data).__name__}")
     known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    _check(not unknown, f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+    for key in sorted(set(data) - known):
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(sorted(known))}"
+        raise RecipeError(f"{where}: unknown key {key!r}; {hint}")
     try:
-        return cls(**data)
+        return cls(**_typed(cls, data, where))
     except TypeError as error:  # a required key is missing
         raise RecipeError(f"{where}: {error}") from None
 

@@ -7,13 +7,13 @@ call `encode`. A saved Encoder is a plain Hugging Face model directory plus `lm2
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
 import logging
 import os
 import shutil
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .atomic import replace_dir, staging_dir
 from .batching import pad_batch, plan_batches
 from .bidirectional import make_bidirectional
 from .instructions import DEFAULT_TEMPLATE, TokenizedText, format_prefix, tokenize_with_instruction
@@ -142,9 +143,11 @@ class Encoder(nn.Module):
         dtype = _resolve_dtype(dtype, device)
         adapter = is_adapter_dir(path)
         weights = resolve_model_path(config.base_model) if adapter else path
-        model = AutoModel.from_pretrained(weights, dtype=dtype, trust_remote_code=trust_remote_code)
+        with checkpoint_errors(weights):
+            model = AutoModel.from_pretrained(weights, dtype=dtype, trust_remote_code=trust_remote_code)
         if adapter:
-            model = load_adapter(model, path, merge=merge_adapter)
+            with checkpoint_errors(path):
+                model = load_adapter(model, path, merge=merge_adapter)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model.to(device).eval()
         encoder = cls(model, tokenizer, config)
@@ -238,15 +241,14 @@ class Encoder(nn.Module):
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write weights (safetensors), tokenizer and lm2vec_config.json; atomic (temp dir + rename)."""
         target = Path(directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+        staging = staging_dir(target)
         try:
             self.model.save_pretrained(staging)
             self.tokenizer.save_pretrained(staging)
             payload = {**asdict(self.config), "lm2vec_version": _version()}
             (staging / CONFIG_NAME).write_text(json.dumps(payload, indent=2) + "\n")
             write_model_card(staging, self, previous=target)  # README.md; a hand-written card is kept
-            _replace_dir(staging, target)
+            replace_dir(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -282,6 +284,37 @@ def _resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     return resolved
 
 
+class CheckpointError(RuntimeError):
+    """A model folder whose files are missing, truncated or corrupt."""
+
+
+@contextlib.contextmanager
+def checkpoint_errors(folder: str):
+    """Turn a loader's error about a broken local folder into one that names the broken file."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (SafetensorError, OSError) as error:
+        if not Path(folder).is_dir():
+            raise
+        broken = [p.name for p in sorted(Path(folder).glob("*.safetensors")) if not _readable_safetensors(p)]
+        what = f"{', '.join(broken)} is truncated or corrupt" if broken else f"it is not a complete model folder ({error})"
+        raise CheckpointError(f"cannot load {folder}: {what}; save, train or download it again") from None
+
+
+def _readable_safetensors(path: Path) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():
+                handle.get_slice(key)
+        return True
+    except Exception:
+        return False
+
+
 def load_saved_config(path: str) -> EncoderConfig:
     """lm2vec settings saved beside the weights (local or on the hub), else defaults."""
     local = Path(path) / CONFIG_NAME
@@ -298,20 +331,16 @@ def load_saved_config(path: str) -> EncoderConfig:
     return EncoderConfig.load(Path(remote)) if remote else EncoderConfig()
 
 
+class TruncationWarning(UserWarning):
+    """Some texts were cut to max_length; `count` of `total` (callers that encode in parts add them up)."""
+
+    def __init__(self, count: int, total: int, max_length: int) -> None:
+        super().__init__(f"{count} of {total} texts were longer than max_length={max_length} tokens and were truncated")
+        self.count, self.total, self.max_length = count, total, max_length
+
+
 def _warn_truncated(tokenized: list[TokenizedText], max_length: int) -> None:
     """One warning for the whole call, saying how many texts were cut."""
     count = sum(t.truncated for t in tokenized)
     if count:
-        warnings.warn(f"{count} of {len(tokenized)} texts were longer than max_length={max_length} tokens and were "
-                      "truncated", stacklevel=3)
-
-
-def _replace_dir(staging: Path, target: Path) -> None:
-    """Move a finished directory into place; an existing target is swapped out, then removed."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-        os.replace(staging, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, target)
+        warnings.warn(TruncationWarning(count, len(tokenized), max_length), stacklevel=3)

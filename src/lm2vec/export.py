@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -23,8 +22,9 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from .atomic import replace_dir, staging_dir
 from .bidirectional import is_bidirectional
-from .encoder import CONFIG_NAME, Encoder, EncoderConfig, _replace_dir
+from .encoder import CONFIG_NAME, Encoder, EncoderConfig
 from .instructions import format_prefix
 from .model_card import find_eval_results, write_model_card
 
@@ -52,15 +52,33 @@ def export(
     eval_results: str | Path | None = None,
     verify: bool = True,
     dtype: str | None = None,
+    overwrite: bool = False,
 ) -> float | None:
     """Load MODEL (adapters merged) on the CPU and write it in `fmt`; returns the verified min cosine."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    check_output_folder(Path(output), overwrite)
     encoder = Encoder.from_pretrained(model, merge_adapter=True, device="cpu", dtype=dtype or "float32")
     results = json.loads(Path(eval_results).read_text()) if eval_results else find_eval_results(Path(model))
     if fmt == "merged":
         return export_merged(encoder, output, eval_results=results, verify=verify)
     return export_sentence_transformers(encoder, output, prompts, eval_results=results, verify=verify)
+
+
+def check_output_folder(output: Path, overwrite: bool) -> None:
+    """Refuse to replace anything but an empty folder or (with `overwrite`) an earlier export.
+
+    The export swaps in a whole new folder, so every file already in `output` would be deleted:
+    never do that to files lm2vec did not write."""
+    if not output.exists() or (output.is_dir() and not any(output.iterdir())):
+        return
+    if not output.is_dir():
+        raise ValueError(f"{output} is a file; give a folder to export into")
+    if not overwrite:
+        raise ValueError(f"{output} already exists and is not empty; pass --overwrite to replace an earlier export")
+    if not (output / CONFIG_NAME).is_file():
+        raise ValueError(f"{output} holds files that are not an lm2vec export (no {CONFIG_NAME}); exporting there "
+                         "would delete them, so choose a new or empty folder")
 
 
 def plain_model(encoder: Encoder) -> nn.Module:
@@ -106,8 +124,7 @@ def _check_close(reference: np.ndarray, exported: np.ndarray, what: str) -> floa
 
 def _staged(output: Path):
     """A fresh folder beside `output` (same filesystem, so the final rename is atomic)."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.export-"))
+    return staging_dir(output, tag="export")
 
 
 def export_merged(
@@ -121,7 +138,7 @@ def export_merged(
         _write_lm2vec_config(encoder, staging)
         write_model_card(staging, encoder, output, fmt="merged", eval_results=eval_results)
         worst = verify_merged(encoder, staging) if verify else None
-        _replace_dir(staging, output)
+        replace_dir(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -266,7 +283,7 @@ def export_sentence_transformers(
         _write_lm2vec_config(encoder, folder)
         write_model_card(folder, encoder, output, fmt="sentence-transformers", eval_results=eval_results)
         worst = verify_sentence_transformers(encoder, folder) if verify else None
-        _replace_dir(folder, output)
+        replace_dir(folder, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return worst

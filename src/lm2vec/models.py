@@ -119,6 +119,51 @@ def builtin_model_dir(name: str) -> Path:
     return target
 
 
+class ModelNotFoundError(ValueError):
+    """A model name that is neither built in, a local folder, nor a hub model we can reach."""
+
+
+def _unknown(text: str, why: str) -> ModelNotFoundError:
+    return ModelNotFoundError(f"model {text!r}: {why}. Built-in models: {', '.join(BUILTIN_MODELS)}; "
+                              "or give a local model folder or a hub id (owner/name)")
+
+
+def hub_offline() -> bool:
+    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def check_hub_id(repo_id: str) -> None:
+    """Fail in seconds, naming the built-ins, for an id the hub cannot give us.
+
+    Without this check transformers retries a missing network for over a minute and ends in a long
+    traceback. A model already in the local hub cache passes without any network."""
+    from huggingface_hub import HfApi, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+    from huggingface_hub.utils import validate_repo_id
+
+    looks_like_path = repo_id.startswith((".", "/", "~")) or repo_id.count("/") > 1
+    if looks_like_path:
+        raise _unknown(repo_id, "no such folder")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise _unknown(repo_id, "no such folder, and not a valid hub id") from None
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return
+    if hub_offline():
+        raise _unknown(repo_id, "not a folder here, and not in the local hub cache (HF_HUB_OFFLINE is set)")
+    try:
+        HfApi().model_info(repo_id, timeout=10)
+    except GatedRepoError:
+        return  # it exists; transformers explains how to get access
+    except RepositoryNotFoundError:
+        raise _unknown(repo_id, "not a folder here, and no such model on the hub (or it is private: log in "
+                                "with `hf auth login`)") from None
+    except Exception as error:  # no network, DNS, proxy, timeout
+        raise _unknown(repo_id, f"not a folder here, and the hub cannot be reached ({type(error).__name__}: "
+                                f"{error})") from None
+
+
 def resolve_model_path(name_or_path: str | os.PathLike) -> str:
     """A local directory stays as is; a built-in name becomes its cache directory; anything else is a hub id."""
     text = str(name_or_path)
@@ -127,5 +172,6 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
     if text in BUILTIN_MODELS:
         return str(builtin_model_dir(text))
     if Path(text).expanduser().exists():
-        raise ValueError(f"{text} is a file, not a model directory")
-    return text  # a hub id; transformers reports a clear error if it cannot be found
+        raise ModelNotFoundError(f"{text} is a file, not a model folder")
+    check_hub_id(text)
+    return text

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
@@ -91,6 +92,7 @@ class EmbeddingService:
         self.special_ids = set(encoder.tokenizer.all_special_ids)
         self._tokenizer_lock = threading.Lock()  # fast tokenizers are not safe to share between threads
         self.in_flight = 0  # requests between body read and response (the event loop alone updates it)
+        self.draining = False  # set on SIGTERM: new requests get 503 shutting_down, accepted ones finish
 
     def _tokenize(self, texts: list[str], instruction: str | None) -> list[TokenizedText]:
         with self._tokenizer_lock:
@@ -151,6 +153,8 @@ class EmbeddingService:
             self.in_flight -= 1
 
     async def _embed(self, body: bytes) -> dict:
+        if self.draining:
+            raise self._unavailable("server is shutting down", "shutting_down")
         request, rows = await self.rows_for(body)
         try:
             future = self.queue.submit(rows)
@@ -229,20 +233,23 @@ def create_app(encoder, settings: ServerSettings | None = None) -> FastAPI:
 def _add_routes(app: FastAPI, service: EmbeddingService) -> None:
     settings = service.settings
 
-    @app.post("/v1/embeddings")
-    async def embeddings(request: Request) -> JSONResponse:
+    @app.middleware("http")
+    async def count_responses(request: Request, call_next):
+        """Every response of every route, 4xx included, goes into the metrics."""
         started = time.perf_counter()
         try:
-            check_api_key(request, settings.api_key)
-            payload = await service.embed(await read_body(request, settings.max_body_bytes))
-        except ApiError as error:
-            service.metrics.request_done(error.status, time.perf_counter() - started, error.code)
-            raise
+            response = await call_next(request)
         except Exception:
-            service.metrics.request_done(500, time.perf_counter() - started, "internal_error")
+            service.metrics.request_done(500, time.perf_counter() - started, "internal_error", _route(request))
             raise
-        service.metrics.request_done(200, time.perf_counter() - started)
-        return JSONResponse(payload)
+        code = getattr(request.state, "error_code", None)
+        service.metrics.request_done(response.status_code, time.perf_counter() - started, code, _route(request))
+        return response
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> JSONResponse:
+        check_api_key(request, settings.api_key)
+        return JSONResponse(await service.embed(await read_body(request, settings.max_body_bytes)))
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict:
@@ -254,10 +261,11 @@ def _add_routes(app: FastAPI, service: EmbeddingService) -> None:
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        status = "shutting_down" if service.queue.closed else "ok"
+        stopping = service.draining or service.queue.closed
         return JSONResponse(
-            {"status": status, "model": settings.model_name, "queue_depth": service.queue.depth},
-            status_code=503 if service.queue.closed else 200,
+            {"status": "shutting_down" if stopping else "ok", "model": settings.model_name,
+             "queue_depth": service.queue.depth},
+            status_code=503 if stopping else 200,
         )
 
     @app.get("/metrics")
@@ -265,16 +273,24 @@ def _add_routes(app: FastAPI, service: EmbeddingService) -> None:
         return PlainTextResponse(service.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
+def _route(request: Request) -> str:
+    """The matched route's path template (bounded label values), or 'unmatched'."""
+    route = request.scope.get("route")
+    return getattr(route, "path", None) or "unmatched"
+
+
 def _add_error_handlers(app: FastAPI) -> None:
     """Every failure leaves as OpenAI-shaped JSON; an unexpected one is a 500, never a dead server."""
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        request.state.error_code = error.code
         return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+        request.state.error_code = code
         return JSONResponse(
             error_body(str(error.detail), "invalid_request_error", code), status_code=error.status_code
         )
@@ -285,18 +301,47 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(message, "server_error", "internal_error"), status_code=500)
 
 
-def serve(
-    encoder, settings: ServerSettings, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info"
-) -> None:
-    """Run uvicorn until SIGINT/SIGTERM; accepted requests are answered before it exits."""
-    import uvicorn
+class DrainingServer(uvicorn.Server):
+    """uvicorn with a drain phase and a clean exit status.
 
+    On the first SIGTERM/SIGINT the socket stays open for `drain_s`: new requests get 503
+    `shutting_down` (load balancers and clients see why) while accepted ones finish. Then uvicorn's own
+    graceful shutdown closes the socket and waits for the last responses. A second signal stops at
+    once. The handled signal is not re-raised, so the process exits 0.
+    """
+
+    def __init__(self, config: uvicorn.Config, service: EmbeddingService, drain_s: float) -> None:
+        super().__init__(config)
+        self.service, self.drain_s, self.drain_until = service, drain_s, 0.0
+
+    def handle_exit(self, sig, frame) -> None:
+        if self.service.draining:  # a second signal: uvicorn's way (graceful now, forced on a third)
+            self.force_exit = self.should_exit
+            self.should_exit = True
+            return
+        self.service.draining = True
+        self.drain_until = time.monotonic() + self.drain_s
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.service.draining and not self.should_exit:
+            late = time.monotonic() - self.drain_until
+            idle = self.service.in_flight == 0
+            self.should_exit = (late >= 0 and idle) or late > self.service.settings.request_timeout_s
+        return await super().on_tick(counter)
+
+
+def serve(
+    encoder, settings: ServerSettings, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info",
+    drain_s: float = 2.0,
+) -> None:
+    """Run uvicorn until SIGINT/SIGTERM; accepted requests are answered before it exits (status 0)."""
+    app = create_app(encoder, settings)
     config = uvicorn.Config(
-        create_app(encoder, settings),
+        app,
         host=host,
         port=port,
         log_level=log_level,
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
         workers=1,
     )
-    uvicorn.Server(config).run()
+    DrainingServer(config, app.state.service, drain_s).run()

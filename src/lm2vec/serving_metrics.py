@@ -67,10 +67,13 @@ class ServerMetrics:
         self.batch_tokens = Histogram(BATCH_TOKEN_BUCKETS)
         self.batch_seconds = Histogram(LATENCY_BUCKETS)
 
-    def request_done(self, status: int, seconds: float, error_type: str | None = None) -> None:
+    def request_done(self, status: int, seconds: float, error_type: str | None = None,
+                     path: str = "/v1/embeddings") -> None:
+        """One HTTP response of any route (404s and 405s too); latency is kept for embeddings only."""
         with self._lock:
-            self.requests[str(status)] += 1
-            self.latency.observe(seconds)
+            self.requests[(path, str(status))] += 1
+            if path == "/v1/embeddings":
+                self.latency.observe(seconds)
             if error_type:
                 self.errors[error_type] += 1
 
@@ -91,10 +94,11 @@ class ServerMetrics:
         p = "lm2vec"
         with self._lock:
             lines = [
-                f"# HELP {p}_requests_total Embedding requests by HTTP status.",
+                f"# HELP {p}_requests_total HTTP responses by route (unmatched: no route) and status.",
                 f"# TYPE {p}_requests_total counter",
             ]
-            lines += [f'{p}_requests_total{{status="{s}"}} {n}' for s, n in sorted(self.requests.items())]
+            lines += [f'{p}_requests_total{{path="{path}",status="{s}"}} {n}'
+                      for (path, s), n in sorted(self.requests.items())]
             lines += [
                 f"# HELP {p}_errors_total Failed requests by error type.",
                 f"# TYPE {p}_errors_total counter",

@@ -1,11 +1,13 @@
 """Encode a large corpus in shards: spread over torchrun processes, resumable after a crash.
 
-The input is cut into fixed-size shards (independent of the number of processes, so a re-run with a
-different process count still reuses finished work). Shard i belongs to rank i % world; each rank
-loads the model once, writes each of its shards atomically to <output>.shards/, and skips shards
-already there. Rank 0 then merges them in input order into the output .npy (written to a temp file
-and moved into place). A manifest keyed on the texts, the model fingerprint and the encoding settings
-makes sure a re-run never mixes in shards of another input or model.
+Texts are ordered by length (so a shard's texts pad little) and cut into fixed-size shards; by
+default a shard is one batch, so Ctrl-C or a crash loses at most one batch of work. The shards do not
+depend on the number of processes, so a re-run with another process count reuses finished work.
+Shard i belongs to rank i % world; each rank loads the model once, writes each of its shards
+atomically to <output>.shards/, and skips shards already there. Rank 0 then merges them back into
+input order in the output .npy (a temp file moved into place). A manifest keyed on the texts, the
+model fingerprint and the encoding settings makes sure a re-run never mixes in shards of another
+input or model.
 """
 
 from __future__ import annotations
@@ -15,14 +17,14 @@ import json
 import logging
 import os
 import shutil
-import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .atomic import save_npy_atomic, write_json_atomic
+from .atomic import move_into_place, save_npy_atomic, temp_path_beside, write_json_atomic
 from .distributed import barrier
 
 logger = logging.getLogger(__name__)
@@ -34,16 +36,24 @@ class ShardPlan:
     directory: Path
     n_texts: int
     shard_size: int
+    order: np.ndarray  # input row of each position in the length-sorted sequence that shards cut
 
     @property
     def n_shards(self) -> int:
         return max(1, -(-self.n_texts // self.shard_size))
 
-    def rows(self, index: int) -> slice:
-        return slice(index * self.shard_size, min(self.n_texts, (index + 1) * self.shard_size))
+    def rows(self, index: int) -> np.ndarray:
+        """Input rows of shard `index`."""
+        return self.order[index * self.shard_size : (index + 1) * self.shard_size]
 
     def path(self, index: int) -> Path:
         return self.directory / f"shard-{index:06d}.npy"
+
+
+def length_order(texts: list) -> np.ndarray:
+    """Input rows sorted by character length (a free proxy for tokens), stable, so reruns agree."""
+    lengths = [len(t) if isinstance(t, str) else sum(len(part or "") for part in t) for t in texts]
+    return np.argsort(np.asarray(lengths), kind="stable")
 
 
 def shard_dir(output: Path) -> Path:
@@ -70,7 +80,8 @@ def _claim(plan: ShardPlan, key: str) -> None:
     if plan.directory.exists():
         logger.warning("discarding %s: it holds shards of a different input, model or settings", plan.directory)
         shutil.rmtree(plan.directory)
-    write_json_atomic(manifest, {"key": key, "n_texts": plan.n_texts, "shard_size": plan.shard_size})
+    write_json_atomic(manifest, {"key": key, "n_texts": plan.n_texts, "shard_size": plan.shard_size,
+                                 "order": "by character length, stable"})
 
 
 def _finished(path: Path, rows: int) -> bool:
@@ -84,16 +95,14 @@ def _finished(path: Path, rows: int) -> bool:
 def _merge(plan: ShardPlan, output: Path) -> np.ndarray:
     """Concatenate the shards in input order into `output` through a memory map, then rename."""
     first = np.load(plan.path(0), mmap_mode="r", allow_pickle=False)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = temp_path_beside(output)
     try:
         merged = np.lib.format.open_memmap(tmp, mode="w+", dtype=first.dtype, shape=(plan.n_texts, *first.shape[1:]))
         for index in range(plan.n_shards):
-            merged[plan.rows(index)] = np.load(plan.path(index), allow_pickle=False)
+            merged[plan.rows(index)] = np.load(plan.path(index), allow_pickle=False)  # back to input rows
         merged.flush()
         del merged
-        os.replace(tmp, output)
+        move_into_place(tmp, output)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -104,38 +113,35 @@ def encode_sharded(
     encoder: Any,
     texts: list,
     output: str | os.PathLike,
-    shard_size: int = 10_000,
+    shard_size: int | None = None,
     rank: int = 0,
     world: int = 1,
     keep_shards: bool = False,
+    show_progress: bool = False,
     **encode_options: Any,
 ) -> np.ndarray | None:
     """Encode `texts` into `output` (.npy, input order). Returns the vectors on rank 0, None elsewhere.
 
-    `encode_options` go to `Encoder.encode` (instruction, batch_size, max_tokens, normalize, ...).
+    `shard_size` (default: the batch size) is the unit of resumable work. `encode_options` go to
+    `Encoder.encode` (instruction, batch_size, max_tokens, normalize).
     """
+    shard_size = shard_size or encode_options.get("batch_size", 32)
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     if not texts:
         raise ValueError("no texts to encode")
     output = Path(output)
-    plan = ShardPlan(shard_dir(output), len(texts), shard_size)
+    plan = ShardPlan(shard_dir(output), len(texts), shard_size, length_order(texts))
     if plan.n_shards == 1 and world == 1:  # nothing to resume: no shard folder, no hash of the weights
-        vectors = encoder.encode(texts, **encode_options)
+        vectors = encoder.encode(texts, show_progress=False, **encode_options)
         save_npy_atomic(output, vectors)
         return vectors
     settings = {k: v for k, v in encode_options.items() if k in ("instruction", "normalize")}
-    key = run_key(texts, encoder.fingerprint(), {**settings, "shard_size": shard_size})
+    key = run_key(texts, encoder.fingerprint(), {**settings, "shard_size": shard_size, "order": "length"})
     if rank == 0:
         _claim(plan, key)
     barrier(world)
-    for index in range(rank, plan.n_shards, world):
-        rows = plan.rows(index)
-        if _finished(plan.path(index), rows.stop - rows.start):
-            logger.info("shard %d/%d already done, skipped", index + 1, plan.n_shards)
-            continue
-        vectors = encoder.encode(texts[rows], **encode_options)
-        save_npy_atomic(plan.path(index), vectors)
+    _encode_own_shards(encoder, texts, plan, rank, world, show_progress, encode_options)
     barrier(world)
     if rank != 0:
         return None
@@ -143,3 +149,29 @@ def encode_sharded(
     if not keep_shards:
         shutil.rmtree(plan.directory)
     return merged
+
+
+def _encode_own_shards(encoder, texts: list, plan: ShardPlan, rank: int, world: int, show_progress: bool,
+                       options: dict) -> None:
+    """This rank's shards, skipping finished ones; one progress bar in texts and one truncation warning."""
+    from tqdm.auto import tqdm
+
+    from .encoder import TruncationWarning
+
+    own = range(rank, plan.n_shards, world)
+    with tqdm(total=sum(len(plan.rows(i)) for i in own), desc="encode", unit="text", disable=not show_progress,
+              dynamic_ncols=True) as bar, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TruncationWarning)
+        for index in own:
+            rows = plan.rows(index)
+            if not _finished(plan.path(index), len(rows)):
+                vectors = encoder.encode([texts[i] for i in rows], show_progress=False, **options)
+                save_npy_atomic(plan.path(index), vectors)
+            bar.update(len(rows))
+        truncated = [w.message for w in caught if isinstance(w.message, TruncationWarning)]
+        others = [w for w in caught if not isinstance(w.message, TruncationWarning)]
+    for w in others:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if truncated:
+        total = sum(len(plan.rows(i)) for i in own)
+        warnings.warn(TruncationWarning(sum(t.count for t in truncated), total, truncated[0].max_length), stacklevel=3)

@@ -135,7 +135,8 @@ class SupervisedTask:
         return self.encoder.collate(self.encoder.tokenize(list(zip(instructions, texts))))
 
     def collate(self, triplets: list[Triplet], generator: torch.Generator) -> dict[str, dict]:
-        instructions = [t.instruction or self.stage.instruction for t in triplets]
+        instructions = [(t.instruction or self.stage.instruction) if self.stage.use_instructions else None
+                        for t in triplets]
         doc_instructions = instructions if self.stage.symmetric else [None] * len(triplets)
         batch = {"query": self._side([t.query for t in triplets], instructions),
                  "positive": self._side([t.positive for t in triplets], doc_instructions)}

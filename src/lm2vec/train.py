@@ -30,7 +30,7 @@ from .atomic import write_json_atomic, write_safetensors_atomic
 from .config import Recipe, StageConfig, dump_recipe
 from .dev_eval import DevEvaluator
 from .distributed import barrier, init_distributed, process_device
-from .encoder import Encoder, EncoderConfig, default_device, load_saved_config
+from .encoder import Encoder, EncoderConfig, checkpoint_errors, default_device, load_saved_config
 from .models import resolve_model_path
 from .objectives.simcse import restore_dropout, set_dropout
 from .plots import plot_loss_curve
@@ -120,14 +120,15 @@ def load_stage_encoder(model_path: str, stage: StageConfig, recipe: Recipe, devi
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(model_path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
     lm_head = None
-    if stage.objective == "mntp":
-        full = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        backbone, lm_head = full.base_model, full.get_output_embeddings()
-        lm_head.requires_grad_(False)
-    else:
-        backbone = AutoModel.from_pretrained(path, dtype=dtype)
+    with checkpoint_errors(path):
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if stage.objective == "mntp":
+            full = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+            backbone, lm_head = full.base_model, full.get_output_embeddings()
+            lm_head.requires_grad_(False)
+        else:
+            backbone = AutoModel.from_pretrained(path, dtype=dtype)
     history = load_saved_config(path).training  # earlier stages, when starting from one of our encoders
     config = EncoderConfig(pooling=recipe.pooling, bidirectional=recipe.bidirectional,
                            max_length=stage.max_length, base_model=recipe.model, training=dict(history))

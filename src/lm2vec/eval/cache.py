@@ -16,10 +16,11 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ..atomic import save_npy_atomic
 
 
 def text_key(texts: list[str], instruction: str | None) -> str:
@@ -57,13 +58,4 @@ class EmbeddingCache:
 
     def put(self, task: str, texts: list[str], instruction: str | None, array: np.ndarray) -> None:
         """Write atomically: a reader sees the old state or the whole new file."""
-        path = self.path(task, texts, instruction)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        save_npy_atomic(self.path(task, texts, instruction), np.ascontiguousarray(array, dtype=np.float32))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import difflib
 import json
 import re
 import xml.etree.ElementTree as ET
@@ -228,8 +229,21 @@ LOADERS: dict[str, Callable[[Path], Subsets]] = {
 }
 
 
-def load_local(task_name: str, data_dir: str | Path) -> Subsets:
-    """Columns of one task from the local data pack; KeyError names the tasks that exist offline."""
+class UnknownTaskError(KeyError, ValueError):
+    """A task name with no local data (a KeyError for old callers, a ValueError for the CLI)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def check_local_task(task_name: str) -> None:
     if task_name not in LOADERS:
-        raise KeyError(f"no local data for {task_name!r}; offline tasks: {', '.join(LOADERS)}")
+        close = difflib.get_close_matches(task_name, LOADERS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise UnknownTaskError(f"no local data for task {task_name!r}; {hint}offline tasks: {', '.join(LOADERS)}")
+
+
+def load_local(task_name: str, data_dir: str | Path) -> Subsets:
+    """Columns of one task from the local data pack; an unknown name gets the tasks that exist offline."""
+    check_local_task(task_name)
     return LOADERS[task_name](Path(data_dir))

@@ -28,7 +28,7 @@ from mteb.similarity_functions import cos_sim, pairwise_cos_sim
 from ..atomic import write_json_atomic
 from .cache import EmbeddingCache
 from .instructions import load_instructions, select_instruction
-from .local_data import load_local
+from .local_data import UnknownTaskError, check_local_task, load_local
 
 RESULTS_FILE = "mteb_results.json"
 # Splits to score offline when they differ from mteb 2.x's metadata. mteb 1.x (and the README) scored
@@ -169,6 +169,20 @@ def local_task(name: str, data_dir: str | os.PathLike, limit: int | None = None)
     task.hf_subsets = list(subsets)
     task.data_loaded = True  # mteb then skips load_data (the hub download)
     return task
+
+
+def check_task_names(names: Sequence[str], data_dir: str | os.PathLike | None) -> None:
+    """Fail on an unknown task name before a model loads: local names offline, mteb's registry otherwise."""
+    if not names:
+        raise ValueError("no task given; e.g. --tasks STSBenchmark")
+    for name in names:
+        if data_dir is not None:
+            check_local_task(name)
+        else:
+            try:
+                mteb.get_task(name)
+            except KeyError as error:
+                raise UnknownTaskError(f"unknown mteb task {name!r}: {str(error).strip(chr(34))}") from None
 
 
 def get_tasks(
