@@ -8,8 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .cli_errors import exit_with
-from .models import DEFAULT_MODEL
+from lm2vec.cli_errors import exit_with
+from lm2vec.models import DEFAULT_MODEL
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Turn decoder LLMs into text encoders.")
 console = Console()
@@ -64,11 +64,11 @@ def encode(
     """
     import numpy as np
 
-    from .atomic import save_npy_atomic
-    from .data.inputs import read_input_rows
-    from .distributed import init_distributed, process_device, shutdown
-    from .encoder import Encoder
-    from .sharded import encode_sharded
+    from lm2vec.atomic import save_npy_atomic
+    from lm2vec.data.inputs import read_input_rows
+    from lm2vec.distributed import init_distributed, process_device, shutdown
+    from lm2vec.encoder import Encoder
+    from lm2vec.sharded import encode_sharded
 
     _check_output(output, overwrite)
     rank, world = init_distributed()
@@ -100,8 +100,8 @@ def train(
     device: str = typer.Option(None, help=DEVICE_HELP),
 ) -> None:
     """Run every stage of RECIPE; extra arguments are key=value overrides (e.g. mntp.max_steps=10)."""
-    from .config import load_recipe
-    from .train import train as run_training
+    from lm2vec.config import load_recipe
+    from lm2vec.train import train as run_training
 
     overrides = list(ctx.args) + ([f"model={model}"] if model else [])
     loaded = load_recipe(recipe, overrides)
@@ -112,8 +112,8 @@ def train(
 @app.command()
 def info(model: str = typer.Argument(DEFAULT_MODEL, help=MODEL_HELP)) -> None:
     """Architecture, size and whether bidirectional attention really works for MODEL."""
-    from .bidirectional import BidirectionalError, make_bidirectional
-    from .encoder import Encoder
+    from lm2vec.bidirectional import BidirectionalError, make_bidirectional
+    from lm2vec.encoder import Encoder
 
     encoder = Encoder.from_pretrained(model, bidirectional=False)
     config = encoder.model.config.get_text_config()
@@ -152,9 +152,9 @@ def evaluate(
     device: str = typer.Option(None, help=DEVICE_HELP),
 ) -> None:
     """Run MTEB tasks with mteb's own evaluators (offline with --data-dir) and print the main scores."""
-    from .encoder import Encoder
-    from .eval.mteb import check_task_names
-    from .eval.mteb import evaluate as run_mteb
+    from lm2vec.encoder import Encoder
+    from lm2vec.eval.mteb import check_task_names
+    from lm2vec.eval.mteb import evaluate as run_mteb
 
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     check_task_names(names, data_dir)  # before the model loads
@@ -180,8 +180,8 @@ def probe(
     device: str = typer.Option(None, help=DEVICE_HELP),
 ) -> None:
     """Word-level linear probes on frozen token states (LLM2Vec §3.2): accuracy, entity/chunk F1."""
-    from .encoder import Encoder
-    from .eval.probes import ProbeSettings, check_tasks, print_table, probe_tasks
+    from lm2vec.encoder import Encoder
+    from lm2vec.eval.probes import ProbeSettings, check_tasks, print_table, probe_tasks
 
     names = [t.strip() for t in task.split(",") if t.strip()]
     settings = ProbeSettings(pooling, shift, train_limit, test_limit, batch_size=batch_size)
@@ -237,7 +237,7 @@ def worst_ranking(vectors) -> tuple[float, float, tuple[int, int]]:
 
 
 def _demo_table(model: str, label: str, **options) -> tuple[float, object]:
-    from .encoder import Encoder
+    from lm2vec.encoder import Encoder
 
     vectors = Encoder.from_pretrained(model, **options).encode(DEMO_SENTENCES, normalize=True)
     gap = paraphrase_gap(vectors)
@@ -267,8 +267,8 @@ def demo(
     """
     import time
 
-    from .config import load_recipe
-    from .train import train as run_training
+    from lm2vec.config import load_recipe
+    from lm2vec.train import train as run_training
 
     loaded = load_recipe(recipe, [f"model={model}"])
     attention = "bidirectional" if loaded.bidirectional else "causal"
@@ -314,10 +314,10 @@ def serve(
     dtype: str = typer.Option(None, help="float32 | bfloat16 | float16 (default: float32 on CPU)"),
 ) -> None:
     """Serve MODEL with an OpenAI-compatible POST /v1/embeddings (plus /health and /metrics)."""
-    from .encoder import Encoder
-    from .server import ServerSettings
-    from .server import serve as run_server
-    from .serving_queue import QueueSettings
+    from lm2vec.encoder import Encoder
+    from lm2vec.server import ServerSettings
+    from lm2vec.server import serve as run_server
+    from lm2vec.serving_queue import QueueSettings
 
     encoder = Encoder.from_pretrained(model, max_length=max_length, device=device, dtype=dtype, merge_adapter=True)
     queue = QueueSettings(max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens,
@@ -341,7 +341,7 @@ def export_model(
     overwrite: bool = typer.Option(False, help="replace an earlier export in OUTPUT (other folders are refused)"),
 ) -> None:
     """Write MODEL as a sentence-transformers folder or as plain merged safetensors, with a model card."""
-    from .export import export as run_export
+    from lm2vec.export import export as run_export
 
     prompts = dict(item.split("=", 1) for item in prompt if "=" in item)
     if len(prompts) != len(prompt):

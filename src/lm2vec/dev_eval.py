@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from .data.scored_pairs import load_scored_pairs
+from lm2vec.data.scored_pairs import load_scored_pairs
 
 
 class DevEvaluator:

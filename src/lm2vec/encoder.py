@@ -23,13 +23,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .atomic import replace_dir, staging_dir
-from .batching import pad_batch, plan_batches
-from .bidirectional import make_bidirectional
-from .instructions import DEFAULT_TEMPLATE, TokenizedText, format_prefix, tokenize_with_instruction
-from .model_card import write_model_card
-from .models import resolve_model_path
-from .pooling import check_pooling_mode, pool
+from lm2vec.atomic import replace_dir, staging_dir
+from lm2vec.batching import pad_batch, plan_batches
+from lm2vec.bidirectional import make_bidirectional
+from lm2vec.instructions import DEFAULT_TEMPLATE, TokenizedText, format_prefix, tokenize_with_instruction
+from lm2vec.model_card import write_model_card
+from lm2vec.models import resolve_model_path
+from lm2vec.pooling import check_pooling_mode, pool
 
 logger = logging.getLogger(__name__)
 CONFIG_NAME = "lm2vec_config.json"
@@ -132,7 +132,7 @@ class Encoder(nn.Module):
         put on the base model its config names, merged into it if `merge_adapter`."""
         from transformers import AutoModel, AutoTokenizer
 
-        from .adapters import is_adapter_dir, load_adapter
+        from lm2vec.adapters import is_adapter_dir, load_adapter
 
         path = resolve_model_path(name_or_path)
         config = load_saved_config(path)
@@ -266,7 +266,7 @@ class Encoder(nn.Module):
 
 
 def _version() -> str:
-    from . import __version__
+    from lm2vec import __version__
 
     return __version__
 

@@ -29,8 +29,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .instructions import TokenizedText
-from .server_schema import (
+from lm2vec.instructions import TokenizedText
+from lm2vec.server_schema import (
     ApiError,
     check_token_ids,
     embedding_response,
@@ -40,8 +40,8 @@ from .server_schema import (
     parse_request,
     shape_vectors,
 )
-from .serving_metrics import ServerMetrics
-from .serving_queue import BatchQueue, QueueClosed, QueueFull, QueueSettings
+from lm2vec.serving_metrics import ServerMetrics
+from lm2vec.serving_queue import BatchQueue, QueueClosed, QueueFull, QueueSettings
 
 
 @dataclass

@@ -24,18 +24,18 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from . import checkpoint as ckpt
-from .adapters import attach_lora, merge_lora, trainable_parameters
-from .atomic import write_json_atomic, write_safetensors_atomic
-from .config import Recipe, StageConfig, dump_recipe
-from .dev_eval import DevEvaluator
-from .distributed import barrier, init_distributed, process_device
-from .encoder import Encoder, EncoderConfig, checkpoint_errors, default_device, load_saved_config
-from .models import resolve_model_path
-from .objectives.simcse import restore_dropout, set_dropout
-from .plots import plot_loss_curve
-from .precision import autocast_context, base_dtype, resolve_precision
-from .tasks import TASKS
+from lm2vec import checkpoint as ckpt
+from lm2vec.adapters import attach_lora, merge_lora, trainable_parameters
+from lm2vec.atomic import write_json_atomic, write_safetensors_atomic
+from lm2vec.config import Recipe, StageConfig, dump_recipe
+from lm2vec.dev_eval import DevEvaluator
+from lm2vec.distributed import barrier, init_distributed, process_device
+from lm2vec.encoder import Encoder, EncoderConfig, checkpoint_errors, default_device, load_saved_config
+from lm2vec.models import resolve_model_path
+from lm2vec.objectives.simcse import restore_dropout, set_dropout
+from lm2vec.plots import plot_loss_curve
+from lm2vec.precision import autocast_context, base_dtype, resolve_precision
+from lm2vec.tasks import TASKS
 
 logger = logging.getLogger(__name__)
 DONE = "DONE"
@@ -295,7 +295,7 @@ class StageRunner:
             return merge_lora(self.peft)
         from transformers import AutoModel
 
-        from .adapters import load_adapter
+        from lm2vec.adapters import load_adapter
 
         base = AutoModel.from_pretrained(resolve_model_path(self.model_path), dtype=torch.float32)
         merged = load_adapter(base, self.out_dir / "adapter", merge=True)

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DataError, Problems
-from .text import detect_format, iter_lines, open_text
+from lm2vec.data.errors import DataError, Problems
+from lm2vec.data.text import detect_format, iter_lines, open_text
 
 Text = str | tuple[str, str]  # plain text, or (instruction, text) from a .jsonl "instruction" field
 

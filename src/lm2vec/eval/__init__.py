@@ -13,7 +13,7 @@ __all__ = ["MTEBEncoder", "evaluate"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from . import mteb as _mteb
+        from lm2vec.eval import mteb as _mteb
 
         return getattr(_mteb, name)
     raise AttributeError(f"module 'lm2vec.eval' has no attribute {name!r}")

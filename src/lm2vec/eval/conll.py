@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.errors import OnError, Problems
+from lm2vec.data.errors import OnError, Problems
 
 DOCSTART = "-DOCSTART-"
 

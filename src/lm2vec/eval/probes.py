@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..atomic import write_json_atomic
-from ..batching import plan_batches
-from ..instructions import TokenizedText, _truncate
-from .cache import EmbeddingCache
-from .conll import IOB_COLUMNS, Sentence, dataset_path, load_split, tag_scores
+from lm2vec.atomic import write_json_atomic
+from lm2vec.batching import plan_batches
+from lm2vec.eval.cache import EmbeddingCache
+from lm2vec.eval.conll import IOB_COLUMNS, Sentence, dataset_path, load_split, tag_scores
+from lm2vec.instructions import TokenizedText, _truncate
 
 POOLINGS = ("first", "mean")
 RESULTS_FILE = "probe_results.json"
