@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from lm2vec.atomic import write_json_atomic
 from lm2vec.config import StageConfig
 from lm2vec.encoder import Encoder
+from lm2vec.io import write_json_atomic
 from lm2vec.tasks import TASKS
 from lm2vec.train import batch_indices
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from lm2vec import Encoder
-from lm2vec.atomic import write_json_atomic
+from lm2vec.io import write_json_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sweep  # noqa: E402  (bench/sweep.py: the same training settings and cache)

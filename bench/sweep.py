@@ -22,8 +22,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from lm2vec.atomic import write_json_atomic
 from lm2vec.config import Recipe, StageConfig
+from lm2vec.io import write_json_atomic
 from lm2vec.train import train
 
 # MNTP as the issue measured it (100 x 8 x 128, lr 5e-4) and SimCSE at the SimCSE paper's Wiki1M length.

@@ -157,7 +157,7 @@ def test_ctrl_c_exits_130_and_a_crash_exits_1_with_the_traceback_only_on_debug(c
 
 
 def test_outputs_get_the_umask_mode_never_tighter_than_what_they_replace(tmp_path):
-    from lm2vec.atomic import save_npy_atomic
+    from lm2vec.io import save_npy_atomic
 
     old = os.umask(0o022)
     try:

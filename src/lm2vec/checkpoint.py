@@ -16,7 +16,7 @@ import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from lm2vec.atomic import replace_dir, staging_dir
+from lm2vec.io import replace_dir, staging_dir
 
 logger = logging.getLogger(__name__)
 STATE = "state.json"

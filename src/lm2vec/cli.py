@@ -64,10 +64,10 @@ def encode(
     """
     import numpy as np
 
-    from lm2vec.atomic import save_npy_atomic
     from lm2vec.data.inputs import read_input_rows
     from lm2vec.distributed import init_distributed, process_device, shutdown
     from lm2vec.encoder import Encoder
+    from lm2vec.io import save_npy_atomic
     from lm2vec.sharded import encode_sharded
 
     _check_output(output, overwrite)

@@ -23,10 +23,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lm2vec.atomic import replace_dir, staging_dir
 from lm2vec.batching import pad_batch, plan_batches
 from lm2vec.bidirectional import make_bidirectional
 from lm2vec.instructions import DEFAULT_TEMPLATE, TokenizedText, format_prefix, tokenize_with_instruction
+from lm2vec.io import replace_dir, staging_dir
 from lm2vec.model_card import write_model_card
 from lm2vec.models import resolve_model_path
 from lm2vec.pooling import check_pooling_mode, pool

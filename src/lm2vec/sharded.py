@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from lm2vec.atomic import move_into_place, save_npy_atomic, temp_path_beside, write_json_atomic
 from lm2vec.distributed import barrier
+from lm2vec.io import move_into_place, save_npy_atomic, temp_path_beside, write_json_atomic
 
 logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"

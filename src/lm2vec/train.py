@@ -26,11 +26,11 @@ from tqdm.auto import tqdm
 
 from lm2vec import checkpoint as ckpt
 from lm2vec.adapters import attach_lora, merge_lora, trainable_parameters
-from lm2vec.atomic import write_json_atomic, write_safetensors_atomic
 from lm2vec.config import Recipe, StageConfig, dump_recipe
 from lm2vec.dev_eval import DevEvaluator
 from lm2vec.distributed import barrier, init_distributed, process_device
 from lm2vec.encoder import Encoder, EncoderConfig, checkpoint_errors, default_device, load_saved_config
+from lm2vec.io import write_json_atomic, write_safetensors_atomic
 from lm2vec.models import resolve_model_path
 from lm2vec.objectives.simcse import restore_dropout, set_dropout
 from lm2vec.plots import plot_loss_curve

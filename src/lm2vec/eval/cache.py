@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lm2vec.atomic import save_npy_atomic
+from lm2vec.io import save_npy_atomic
 
 
 def text_key(texts: list[str], instruction: str | None) -> str:

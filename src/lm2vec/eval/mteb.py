@@ -25,10 +25,10 @@ from datasets import Dataset, DatasetDict
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.similarity_functions import cos_sim, pairwise_cos_sim
 
-from lm2vec.atomic import write_json_atomic
 from lm2vec.eval.cache import EmbeddingCache
 from lm2vec.eval.instructions import load_instructions, select_instruction
 from lm2vec.eval.local_data import UnknownTaskError, check_local_task, load_local
+from lm2vec.io import write_json_atomic
 
 RESULTS_FILE = "mteb_results.json"
 # Splits to score offline when they differ from mteb 2.x's metadata. mteb 1.x (and the README) scored
