@@ -90,7 +90,7 @@ def device_slug(name: str) -> str:
 # ---- convert -------------------------------------------------------------------------------------
 def cmd_convert(args) -> None:
     sys.path.insert(0, str(ROOT / "src"))
-    from lm2vec.models import convert_gguf
+    from lm2vec.core.models import convert_gguf
 
     out = Path(args.out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -252,7 +252,7 @@ def cmd_import(args) -> None:
     import torch
 
     from lm2vec import Encoder
-    from lm2vec.models import resolve_model_path
+    from lm2vec.core.models import resolve_model_path
 
     dest = Path(args.dest)
     info, manifest = unpack(Path(args.dir), dest / "raw")

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from lm2vec.config import StageConfig
-from lm2vec.encoder import Encoder
+from lm2vec.core.encoder import Encoder
 from lm2vec.io import write_json_atomic
 from lm2vec.tasks import TASKS
 from lm2vec.train import batch_indices
@@ -50,7 +50,7 @@ def main() -> None:
     args = p.parse_args()
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    from lm2vec.models import resolve_model_path
+    from lm2vec.core.models import resolve_model_path
 
     path = resolve_model_path(args.model)
     config = AutoConfig.from_pretrained(path)

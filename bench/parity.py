@@ -41,7 +41,7 @@ def main() -> None:
     from llm2vec_compat import prepare_for_llm2vec, run_reference
 
     from lm2vec import Encoder
-    from lm2vec.models import resolve_model_path
+    from lm2vec.core.models import resolve_model_path
 
     texts = sts_texts(args.texts)
     with tempfile.TemporaryDirectory() as tmp:

@@ -88,7 +88,7 @@ def worker_lm2vec(args, texts: list[str]) -> dict:
     import torch
 
     from lm2vec import Encoder
-    from lm2vec.batching import plan_batches
+    from lm2vec.core.batching import plan_batches
 
     torch.set_num_threads(args.threads)
     encoder = Encoder.from_pretrained(args.model, pooling="mean", max_length=args.max_length, dtype=args.dtype)
@@ -115,7 +115,7 @@ def worker_transformers(args, texts: list[str]) -> dict:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from lm2vec.models import resolve_model_path
+    from lm2vec.core.models import resolve_model_path
 
     torch.set_num_threads(args.threads)
     path = resolve_model_path(args.model)
@@ -142,7 +142,7 @@ def worker_gemm(args) -> dict:
     import torch
     from transformers import AutoConfig
 
-    from lm2vec.models import resolve_model_path
+    from lm2vec.core.models import resolve_model_path
 
     torch.set_num_threads(args.threads)
     config = AutoConfig.from_pretrained(resolve_model_path(args.model))
@@ -230,7 +230,7 @@ def spawn_llm2vec(args, texts_file: Path, vectors: Path) -> dict:
     """llm2vec 0.2.3's own LLM2Vec.from_pretrained + encode, in its own environment (transformers 4.44)."""
     from llm2vec_compat import prepare_for_llm2vec, run_reference
 
-    from lm2vec.models import resolve_model_path
+    from lm2vec.core.models import resolve_model_path
 
     prepared = Path(tempfile.gettempdir()) / f"lm2vec-bench-{args.model}-for-llm2vec"
     prepare_for_llm2vec(resolve_model_path(args.model), prepared)

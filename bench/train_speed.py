@@ -62,7 +62,7 @@ def run_lm2vec(args) -> dict:
     from transformers import AutoTokenizer
 
     from lm2vec.config import Recipe, StageConfig
-    from lm2vec.models import resolve_model_path
+    from lm2vec.core.models import resolve_model_path
     from lm2vec.train import StageRunner
 
     torch.set_num_threads(args.threads)
@@ -130,7 +130,7 @@ def prepared_model(model: str) -> Path:
     sys.path.insert(0, str(HERE))
     from llm2vec_compat import prepare_for_llm2vec
 
-    from lm2vec.models import resolve_model_path
+    from lm2vec.core.models import resolve_model_path
 
     target = Path(tempfile.gettempdir()) / f"lm2vec-bench-{model}-for-llm2vec"
     prepare_for_llm2vec(resolve_model_path(model), target)

@@ -7,7 +7,7 @@ import torch
 from conftest import ARCHITECTURES, byte_tokenizer, tiny_model
 
 from lm2vec import BidirectionalError, Encoder, EncoderConfig, is_bidirectional, make_bidirectional
-from lm2vec import bidirectional as bidi
+from lm2vec.core import bidirectional as bidi
 
 NO_SDPA = {"gemma2"}  # transformers refuses sdpa for gemma2 (logit soft-capping): eager only
 CASES = [(mt, attn) for mt in ARCHITECTURES for attn in ("sdpa", "eager") if not (attn == "sdpa" and mt in NO_SDPA)]

@@ -142,14 +142,14 @@ def test_ctrl_c_exits_130_and_a_crash_exits_1_with_the_traceback_only_on_debug(c
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("lm2vec.encoder.Encoder.from_pretrained", interrupted)
+    monkeypatch.setattr("lm2vec.core.encoder.Encoder.from_pretrained", interrupted)
     status, output = lm2vec(capsys, *argv)
     assert status == 130 and "interrupted" in output
 
     def broken(*args, **kwargs):
         raise RuntimeError("the device fell over")
 
-    monkeypatch.setattr("lm2vec.encoder.Encoder.from_pretrained", broken)
+    monkeypatch.setattr("lm2vec.core.encoder.Encoder.from_pretrained", broken)
     status, output = lm2vec(capsys, *argv)
     assert status == 1 and "RuntimeError: the device fell over" in output and "Traceback" not in output
     with pytest.raises(RuntimeError, match="fell over"):
@@ -200,7 +200,7 @@ def test_every_option_has_help_text_and_serve_defaults_to_the_builtin_model():
 def test_a_corrupt_adapter_is_named(tmp_path):
     from safetensors.torch import load_file
 
-    from lm2vec.encoder import CheckpointError, checkpoint_errors
+    from lm2vec.core.encoder import CheckpointError, checkpoint_errors
 
     (tmp_path / "adapter_model.safetensors").write_bytes(b"\x00" * 12)
     with pytest.raises(CheckpointError, match="adapter_model.safetensors is truncated or corrupt"):

@@ -12,7 +12,7 @@ import torch
 from conftest import byte_tokenizer, tiny_encoder, tiny_model
 
 from lm2vec import Encoder, EncoderConfig
-from lm2vec.batching import plan_batches
+from lm2vec.core.batching import plan_batches
 
 SHORT = "a cat sat"
 LONG = ["this text is very much longer than the short one, so it forces a lot of padding " * 3,

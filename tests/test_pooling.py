@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lm2vec.pooling import pool
+from lm2vec.core.pooling import pool
 
 # Two rows, three positions, 2-d states. Row 0: tokens at 0,1 (right padding). Row 1: tokens at 1,2 (left).
 HIDDEN = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]],

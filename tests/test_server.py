@@ -153,7 +153,7 @@ def test_queue_merges_concurrent_requests_into_one_batch():
         time.sleep(0.2)
         return np.stack([np.full(4, len(r.ids), dtype=np.float32) for r in rows])
 
-    from lm2vec.instructions import TokenizedText
+    from lm2vec.core.tokenization import TokenizedText
 
     queue = BatchQueue(embed, 4, QueueSettings(max_batch_size=8, max_wait_s=0)).start()
     first = queue.submit([TokenizedText([1, 2], 0, False)])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import tiny_encoder
 
-from lm2vec.sharded import encode_sharded, shard_dir
+from lm2vec.core.sharded import encode_sharded, shard_dir
 
 TEXTS = [f"text number {i} " + "word " * (i * 7 % 13) for i in range(23)]
 

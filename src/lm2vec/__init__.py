@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from lm2vec.bidirectional import BidirectionalError, is_bidirectional, make_bidirectional  # noqa: E402
-from lm2vec.encoder import Encoder, EncoderConfig  # noqa: E402
+from lm2vec.core.bidirectional import BidirectionalError, is_bidirectional, make_bidirectional  # noqa: E402
+from lm2vec.core.encoder import Encoder, EncoderConfig  # noqa: E402
 
 __all__ = ["Encoder", "EncoderConfig", "BidirectionalError", "make_bidirectional", "is_bidirectional", "__version__"]

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lm2vec.cli_errors import exit_with
-from lm2vec.models import DEFAULT_MODEL
+from lm2vec.core.models import DEFAULT_MODEL
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Turn decoder LLMs into text encoders.")
 console = Console()
@@ -64,11 +64,11 @@ def encode(
     """
     import numpy as np
 
+    from lm2vec.core.distributed import init_distributed, process_device, shutdown
+    from lm2vec.core.encoder import Encoder
+    from lm2vec.core.sharded import encode_sharded
     from lm2vec.data.inputs import read_input_rows
-    from lm2vec.distributed import init_distributed, process_device, shutdown
-    from lm2vec.encoder import Encoder
     from lm2vec.io import save_npy_atomic
-    from lm2vec.sharded import encode_sharded
 
     _check_output(output, overwrite)
     rank, world = init_distributed()
@@ -112,8 +112,8 @@ def train(
 @app.command()
 def info(model: str = typer.Argument(DEFAULT_MODEL, help=MODEL_HELP)) -> None:
     """Architecture, size and whether bidirectional attention really works for MODEL."""
-    from lm2vec.bidirectional import BidirectionalError, make_bidirectional
-    from lm2vec.encoder import Encoder
+    from lm2vec.core.bidirectional import BidirectionalError, make_bidirectional
+    from lm2vec.core.encoder import Encoder
 
     encoder = Encoder.from_pretrained(model, bidirectional=False)
     config = encoder.model.config.get_text_config()
@@ -152,7 +152,7 @@ def evaluate(
     device: str = typer.Option(None, help=DEVICE_HELP),
 ) -> None:
     """Run MTEB tasks with mteb's own evaluators (offline with --data-dir) and print the main scores."""
-    from lm2vec.encoder import Encoder
+    from lm2vec.core.encoder import Encoder
     from lm2vec.eval.mteb import check_task_names
     from lm2vec.eval.mteb import evaluate as run_mteb
 
@@ -180,7 +180,7 @@ def probe(
     device: str = typer.Option(None, help=DEVICE_HELP),
 ) -> None:
     """Word-level linear probes on frozen token states (LLM2Vec §3.2): accuracy, entity/chunk F1."""
-    from lm2vec.encoder import Encoder
+    from lm2vec.core.encoder import Encoder
     from lm2vec.eval.probes import ProbeSettings, check_tasks, print_table, probe_tasks
 
     names = [t.strip() for t in task.split(",") if t.strip()]
@@ -237,7 +237,7 @@ def worst_ranking(vectors) -> tuple[float, float, tuple[int, int]]:
 
 
 def _demo_table(model: str, label: str, **options) -> tuple[float, object]:
-    from lm2vec.encoder import Encoder
+    from lm2vec.core.encoder import Encoder
 
     vectors = Encoder.from_pretrained(model, **options).encode(DEMO_SENTENCES, normalize=True)
     gap = paraphrase_gap(vectors)
@@ -314,7 +314,7 @@ def serve(
     dtype: str = typer.Option(None, help="float32 | bfloat16 | float16 (default: float32 on CPU)"),
 ) -> None:
     """Serve MODEL with an OpenAI-compatible POST /v1/embeddings (plus /health and /metrics)."""
-    from lm2vec.encoder import Encoder
+    from lm2vec.core.encoder import Encoder
     from lm2vec.server import ServerSettings
     from lm2vec.server import serve as run_server
     from lm2vec.serving_queue import QueueSettings

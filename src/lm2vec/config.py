@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from lm2vec.pooling import check_pooling_mode
+from lm2vec.core.pooling import check_pooling_mode
 
 OBJECTIVES = ("mntp", "simcse", "supervised")
 # auto: bf16 where the hardware has bf16 units (CUDA, or a CPU with AVX512-BF16/AMX-BF16), else fp32.

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from lm2vec.bidirectional import is_bidirectional
-from lm2vec.encoder import CONFIG_NAME, Encoder, EncoderConfig
-from lm2vec.instructions import format_prefix
+from lm2vec.core.bidirectional import is_bidirectional
+from lm2vec.core.encoder import CONFIG_NAME, Encoder, EncoderConfig
+from lm2vec.core.tokenization import format_prefix
 from lm2vec.io import replace_dir, staging_dir
 from lm2vec.model_card import find_eval_results, write_model_card
 

@@ -12,7 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
-from lm2vec.models import BUILTIN_MODELS
+from lm2vec.core.models import BUILTIN_MODELS
 
 MARKER = "<!-- written by lm2vec: edit freely; remove this line to stop lm2vec from replacing the card -->"
 CARD_NAME = "README.md"

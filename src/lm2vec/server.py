@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lm2vec.instructions import TokenizedText
+from lm2vec.core.tokenization import TokenizedText
 from lm2vec.server_schema import (
     ApiError,
     check_token_ids,

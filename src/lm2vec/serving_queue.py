@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lm2vec.batching import plan_batches
-from lm2vec.instructions import TokenizedText
+from lm2vec.core.batching import plan_batches
+from lm2vec.core.tokenization import TokenizedText
 
 EmbedFn = Callable[[list[TokenizedText]], np.ndarray]  # rows -> (len(rows), D) float32
 BatchObserver = Callable[[int, int, float], None]  # (rows, padded tokens, seconds) per forward pass

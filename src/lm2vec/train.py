@@ -25,13 +25,13 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from lm2vec import checkpoint as ckpt
-from lm2vec.adapters import attach_lora, merge_lora, trainable_parameters
 from lm2vec.config import Recipe, StageConfig, dump_recipe
+from lm2vec.core.adapters import attach_lora, merge_lora, trainable_parameters
+from lm2vec.core.distributed import barrier, init_distributed, process_device
+from lm2vec.core.encoder import Encoder, EncoderConfig, checkpoint_errors, default_device, load_saved_config
+from lm2vec.core.models import resolve_model_path
 from lm2vec.dev_eval import DevEvaluator
-from lm2vec.distributed import barrier, init_distributed, process_device
-from lm2vec.encoder import Encoder, EncoderConfig, checkpoint_errors, default_device, load_saved_config
 from lm2vec.io import write_json_atomic, write_safetensors_atomic
-from lm2vec.models import resolve_model_path
 from lm2vec.objectives.simcse import restore_dropout, set_dropout
 from lm2vec.plots import plot_loss_curve
 from lm2vec.precision import autocast_context, base_dtype, resolve_precision
@@ -295,7 +295,7 @@ class StageRunner:
             return merge_lora(self.peft)
         from transformers import AutoModel
 
-        from lm2vec.adapters import load_adapter
+        from lm2vec.core.adapters import load_adapter
 
         base = AutoModel.from_pretrained(resolve_model_path(self.model_path), dtype=torch.float32)
         merged = load_adapter(base, self.out_dir / "adapter", merge=True)

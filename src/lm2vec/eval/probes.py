@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lm2vec.batching import plan_batches
+from lm2vec.core.batching import plan_batches
+from lm2vec.core.tokenization import TokenizedText, _truncate
 from lm2vec.eval.cache import EmbeddingCache
 from lm2vec.eval.conll import IOB_COLUMNS, Sentence, dataset_path, load_split, tag_scores
-from lm2vec.instructions import TokenizedText, _truncate
 from lm2vec.io import write_json_atomic
 
 POOLINGS = ("first", "mean")

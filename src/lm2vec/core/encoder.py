@@ -23,13 +23,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lm2vec.batching import pad_batch, plan_batches
-from lm2vec.bidirectional import make_bidirectional
-from lm2vec.instructions import DEFAULT_TEMPLATE, TokenizedText, format_prefix, tokenize_with_instruction
+from lm2vec.core.batching import pad_batch, plan_batches
+from lm2vec.core.bidirectional import make_bidirectional
+from lm2vec.core.models import resolve_model_path
+from lm2vec.core.pooling import check_pooling_mode, pool
+from lm2vec.core.tokenization import DEFAULT_TEMPLATE, TokenizedText, format_prefix, tokenize_with_instruction
 from lm2vec.io import replace_dir, staging_dir
 from lm2vec.model_card import write_model_card
-from lm2vec.models import resolve_model_path
-from lm2vec.pooling import check_pooling_mode, pool
 
 logger = logging.getLogger(__name__)
 CONFIG_NAME = "lm2vec_config.json"
@@ -132,7 +132,7 @@ class Encoder(nn.Module):
         put on the base model its config names, merged into it if `merge_adapter`."""
         from transformers import AutoModel, AutoTokenizer
 
-        from lm2vec.adapters import is_adapter_dir, load_adapter
+        from lm2vec.core.adapters import is_adapter_dir, load_adapter
 
         path = resolve_model_path(name_or_path)
         config = load_saved_config(path)

@@ -60,7 +60,7 @@ def make_bidirectional(model: nn.Module, verify: bool = True) -> nn.Module:
         set_causal(model, True)
         raise BidirectionalError(
             f"model_type '{model_type}' stayed causal after setting is_causal=False: its attention does not "
-            "use transformers' shared masking path. Add it to lm2vec.bidirectional.UNSUPPORTED or open an issue."
+            "use transformers' shared masking path. Add it to lm2vec.core.bidirectional.UNSUPPORTED or open an issue."
         )
     return model
 

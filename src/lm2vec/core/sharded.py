@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from lm2vec.distributed import barrier
+from lm2vec.core.distributed import barrier
 from lm2vec.io import move_into_place, save_npy_atomic, temp_path_beside, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ def _encode_own_shards(encoder, texts: list, plan: ShardPlan, rank: int, world: 
     """This rank's shards, skipping finished ones; one progress bar in texts and one truncation warning."""
     from tqdm.auto import tqdm
 
-    from lm2vec.encoder import TruncationWarning
+    from lm2vec.core.encoder import TruncationWarning
 
     own = range(rank, plan.n_shards, world)
     with tqdm(total=sum(len(plan.rows(i)) for i in own), desc="encode", unit="text", disable=not show_progress,

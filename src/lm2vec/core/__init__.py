@@ -1,0 +1,2 @@
+"""The Encoder and what it is made of.
+"""
