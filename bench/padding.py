@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from lm2vec.config import StageConfig
 from lm2vec.core.encoder import Encoder
 from lm2vec.io import write_json_atomic
-from lm2vec.tasks import TASKS
-from lm2vec.train import batch_indices
+from lm2vec.training.loop import batch_indices
+from lm2vec.training.recipe import StageConfig
+from lm2vec.training.tasks import TASKS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sweep  # noqa: E402

@@ -22,9 +22,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from lm2vec.config import Recipe, StageConfig
 from lm2vec.io import write_json_atomic
-from lm2vec.train import train
+from lm2vec.training.loop import train
+from lm2vec.training.recipe import Recipe, StageConfig
 
 # MNTP as the issue measured it (100 x 8 x 128, lr 5e-4) and SimCSE at the SimCSE paper's Wiki1M length.
 MNTP = dict(objective="mntp", max_steps=100, batch_size=8, max_length=128, lr=5e-4, warmup_steps=10,

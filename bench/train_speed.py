@@ -61,9 +61,9 @@ def run_lm2vec(args) -> dict:
     import torch
     from transformers import AutoTokenizer
 
-    from lm2vec.config import Recipe, StageConfig
     from lm2vec.core.models import resolve_model_path
-    from lm2vec.train import StageRunner
+    from lm2vec.training.loop import StageRunner
+    from lm2vec.training.recipe import Recipe, StageConfig
 
     torch.set_num_threads(args.threads)
     path = resolve_model_path(args.model)
@@ -77,9 +77,9 @@ def run_lm2vec(args) -> dict:
                             lora={"dropout": args.lora_dropout})
         runner = StageRunner(Recipe(stages=[stage], model=path), stage, path, Path(tmp) / "s", Path(tmp) / "e", device="cpu")
         if args.worker == "full-vocab":
-            import lm2vec.tasks
+            import lm2vec.training.tasks
 
-            lm2vec.tasks.mntp_loss_from_hidden = full_vocab_mntp_loss
+            lm2vec.training.tasks.mntp_loss_from_hidden = full_vocab_mntp_loss
         runner.setup()
         runner.out_dir.mkdir(parents=True)
         times, losses = [], []

@@ -8,8 +8,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from lm2vec.objectives.contrastive import distributed_info_nce, gather_with_grad, info_nce
-from lm2vec.objectives.simcse import simcse_loss
+from lm2vec.training.objectives.contrastive import distributed_info_nce, gather_with_grad, info_nce
+from lm2vec.training.objectives.simcse import simcse_loss
 
 WORLD, B, K, D_IN, D = 2, 3, 2, 8, 6
 

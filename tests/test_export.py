@@ -130,8 +130,8 @@ def test_merged_export_is_plain_bidirectional_safetensors(tmp_path):
 
 
 def test_merged_export_folds_lora_in(tmp_path):
-    from lm2vec.config import LoraSettings
     from lm2vec.core.adapters import attach_lora
+    from lm2vec.training.recipe import LoraSettings
 
     encoder = tiny_encoder()
     encoder.model = attach_lora(encoder.model, LoraSettings(r=4, alpha=8, dropout=0.0))

@@ -16,8 +16,8 @@ import pytest
 from conftest import byte_tokenizer, tiny_model
 
 from lm2vec import Encoder
-from lm2vec.config import Recipe, StageConfig
-from lm2vec.train import train
+from lm2vec.training.loop import train
+from lm2vec.training.recipe import Recipe, StageConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_quality.sh"

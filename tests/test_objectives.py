@@ -6,14 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from lm2vec.objectives.contrastive import (
+from lm2vec.training.objectives.contrastive import (
     distributed_info_nce,
     gather_with_grad,
     info_nce,
     info_nce_from_scores,
 )
-from lm2vec.objectives.mntp import mask_tokens, mntp_loss, mntp_loss_from_hidden
-from lm2vec.objectives.simcse import restore_dropout, set_dropout, simcse_loss
+from lm2vec.training.objectives.mntp import mask_tokens, mntp_loss, mntp_loss_from_hidden
+from lm2vec.training.objectives.simcse import restore_dropout, set_dropout, simcse_loss
 
 PAD, BOS, EOS, MASK = 0, 1, 2, 3
 

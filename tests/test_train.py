@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from lm2vec import Encoder
-from lm2vec import checkpoint as ckpt
-from lm2vec.config import Recipe, RecipeError, StageConfig, load_recipe
-from lm2vec.train import StageRunner, batch_indices, linear_schedule, train
+from lm2vec.training import checkpoint as ckpt
+from lm2vec.training.loop import StageRunner, batch_indices, linear_schedule, train
+from lm2vec.training.recipe import Recipe, RecipeError, StageConfig, load_recipe
 
 SENTENCES = [f"sentence {i}: the {w} sat on the {v} near {i % 7} trees." for i, (w, v) in
              enumerate((w, v) for w in ("cat", "dog", "bird", "fox") for v in ("mat", "log", "rug", "hill", "box"))]

@@ -13,14 +13,14 @@ from safetensors.torch import load_file
 from scipy.stats import spearmanr
 
 from lm2vec import Encoder
-from lm2vec import precision as precision_module
-from lm2vec.config import Recipe, RecipeError, StageConfig, load_recipe
 from lm2vec.data.errors import DataError
 from lm2vec.data.scored_pairs import load_scored_pairs
-from lm2vec.dev_eval import DevEvaluator
-from lm2vec.precision import resolve_precision
-from lm2vec.tasks import TASKS, MNTPTask, pack_blocks
-from lm2vec.train import StageRunner, batch_indices, epoch_order
+from lm2vec.training import precision as precision_module
+from lm2vec.training.dev_eval import DevEvaluator
+from lm2vec.training.loop import StageRunner, batch_indices, epoch_order
+from lm2vec.training.precision import resolve_precision
+from lm2vec.training.recipe import Recipe, RecipeError, StageConfig, load_recipe
+from lm2vec.training.tasks import TASKS, MNTPTask, pack_blocks
 
 WORDS = ["cat", "dog", "bird", "fox", "owl", "eel", "ant", "bee"]
 SENTENCES = [f"the {w} number {i} sat {'very ' * (i % 5)}quietly on the {WORDS[(i + 3) % 8]}." for i, w in

@@ -100,8 +100,8 @@ def train(
     device: str = typer.Option(None, help=DEVICE_HELP),
 ) -> None:
     """Run every stage of RECIPE; extra arguments are key=value overrides (e.g. mntp.max_steps=10)."""
-    from lm2vec.config import load_recipe
-    from lm2vec.train import train as run_training
+    from lm2vec.training.loop import train as run_training
+    from lm2vec.training.recipe import load_recipe
 
     overrides = list(ctx.args) + ([f"model={model}"] if model else [])
     loaded = load_recipe(recipe, overrides)
@@ -267,8 +267,8 @@ def demo(
     """
     import time
 
-    from lm2vec.config import load_recipe
-    from lm2vec.train import train as run_training
+    from lm2vec.training.loop import train as run_training
+    from lm2vec.training.recipe import load_recipe
 
     loaded = load_recipe(recipe, [f"model={model}"])
     attention = "bidirectional" if loaded.bidirectional else "causal"

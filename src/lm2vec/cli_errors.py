@@ -53,10 +53,10 @@ def _usage_message(error) -> str:
 
 def usage_errors() -> tuple[type, ...]:
     """Mistakes in what the user asked for: bad recipes, data, inputs, model or task names."""
-    from lm2vec.config import RecipeError
     from lm2vec.core.bidirectional import BidirectionalError
     from lm2vec.core.models import ModelNotFoundError
     from lm2vec.data.errors import DataError
+    from lm2vec.training.recipe import RecipeError
 
     return RecipeError, DataError, ModelNotFoundError, BidirectionalError, ValueError, FileNotFoundError
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-from lm2vec.config import LoraSettings
+from lm2vec.training.recipe import LoraSettings
 
 ADAPTER_CONFIG = "adapter_config.json"
 

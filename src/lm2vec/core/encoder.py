@@ -47,7 +47,7 @@ class EncoderConfig:
     padding_side: str = "right"
     pool_leading_specials: bool = False  # pool a leading BOS/[CLS] too (sentence-transformers BERT style)
     base_model: str | None = None
-    training: dict = field(default_factory=dict)  # stages and their settings, filled by lm2vec.train
+    training: dict = field(default_factory=dict)  # stages and their settings, filled by lm2vec.training.loop
 
     def __post_init__(self) -> None:
         check_pooling_mode(self.pooling)

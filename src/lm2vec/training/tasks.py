@@ -11,14 +11,14 @@ import logging
 
 import torch
 
-from lm2vec.config import StageConfig
 from lm2vec.core.batching import pad_batch
 from lm2vec.core.encoder import Encoder
 from lm2vec.data.text import load_texts
 from lm2vec.data.triplets import Triplet, load_pairs_source
-from lm2vec.objectives.contrastive import distributed_info_nce
-from lm2vec.objectives.mntp import mask_tokens, mntp_loss_from_hidden
-from lm2vec.objectives.simcse import simcse_loss
+from lm2vec.training.objectives.contrastive import distributed_info_nce
+from lm2vec.training.objectives.mntp import mask_tokens, mntp_loss_from_hidden
+from lm2vec.training.objectives.simcse import simcse_loss
+from lm2vec.training.recipe import StageConfig
 
 logger = logging.getLogger(__name__)
 

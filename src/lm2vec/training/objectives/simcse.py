@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lm2vec.objectives.contrastive import distributed_info_nce
+from lm2vec.training.objectives.contrastive import distributed_info_nce
 
 # Where Hugging Face decoders keep dropout rates, by attribute name (a table, not per-model code).
 # Float attributes are read in forward (llama/qwen2/mistral/gemma `self.attention_dropout`,

@@ -1,0 +1,2 @@
+"""Training: recipes, the loop, objectives, checkpoints.
+"""
