@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader
 
 from lm2vec.eval import local_data
 from lm2vec.eval.cache import EmbeddingCache
-from lm2vec.eval.instructions import default_instructions, load_instructions
 from lm2vec.eval.mteb import MTEBEncoder, evaluate, local_task, run_task
+from lm2vec.eval.mteb_instructions import default_instructions, load_instructions
 
 pytestmark = pytest.mark.filterwarnings("ignore:The task .* is superseded")
 STS_INSTRUCTION = "Retrieve semantically similar text:"

@@ -26,8 +26,8 @@ from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.similarity_functions import cos_sim, pairwise_cos_sim
 
 from lm2vec.eval.cache import EmbeddingCache
-from lm2vec.eval.instructions import load_instructions, select_instruction
 from lm2vec.eval.local_data import UnknownTaskError, check_local_task, load_local
+from lm2vec.eval.mteb_instructions import load_instructions, select_instruction
 from lm2vec.io import write_json_atomic
 
 RESULTS_FILE = "mteb_results.json"
