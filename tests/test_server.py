@@ -26,8 +26,8 @@ import pytest
 import uvicorn
 from conftest import tiny_encoder
 
-from lm2vec.server import DrainingServer, ServerSettings, create_app
-from lm2vec.serving_queue import BatchQueue, QueueSettings
+from lm2vec.serving.app import DrainingServer, ServerSettings, create_app
+from lm2vec.serving.queue import BatchQueue, QueueSettings
 
 WORDS = ["the", "a", "cat", "dog", "sat", "ran", "on", "under", "mat", "log", "quickly", "big", "red", "blue"]
 POOL = [" ".join(random.Random(i).choices(WORDS, k=1 + i % 12)) for i in range(60)]

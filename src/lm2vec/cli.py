@@ -315,9 +315,9 @@ def serve(
 ) -> None:
     """Serve MODEL with an OpenAI-compatible POST /v1/embeddings (plus /health and /metrics)."""
     from lm2vec.core.encoder import Encoder
-    from lm2vec.server import ServerSettings
-    from lm2vec.server import serve as run_server
-    from lm2vec.serving_queue import QueueSettings
+    from lm2vec.serving.app import ServerSettings
+    from lm2vec.serving.app import serve as run_server
+    from lm2vec.serving.queue import QueueSettings
 
     encoder = Encoder.from_pretrained(model, max_length=max_length, device=device, dtype=dtype, merge_adapter=True)
     queue = QueueSettings(max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens,

@@ -30,7 +30,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lm2vec.core.tokenization import TokenizedText
-from lm2vec.server_schema import (
+from lm2vec.serving.metrics import ServerMetrics
+from lm2vec.serving.queue import BatchQueue, QueueClosed, QueueFull, QueueSettings
+from lm2vec.serving.schema import (
     ApiError,
     check_token_ids,
     embedding_response,
@@ -40,8 +42,6 @@ from lm2vec.server_schema import (
     parse_request,
     shape_vectors,
 )
-from lm2vec.serving_metrics import ServerMetrics
-from lm2vec.serving_queue import BatchQueue, QueueClosed, QueueFull, QueueSettings
 
 
 @dataclass
