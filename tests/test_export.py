@@ -20,8 +20,8 @@ from transformers import AutoModel
 from typer.testing import CliRunner
 
 from lm2vec import Encoder, EncoderConfig, is_bidirectional
-from lm2vec.export import ExportError, cosines, export_merged, export_sentence_transformers
-from lm2vec.model_card import MARKER, render_model_card
+from lm2vec.export.exporter import ExportError, cosines, export_merged, export_sentence_transformers
+from lm2vec.export.model_card import MARKER, render_model_card
 
 TEXTS = ["A man is playing a guitar.", "cats", "The committee postponed its decision until the next meeting."]
 

@@ -341,7 +341,7 @@ def export_model(
     overwrite: bool = typer.Option(False, help="replace an earlier export in OUTPUT (other folders are refused)"),
 ) -> None:
     """Write MODEL as a sentence-transformers folder or as plain merged safetensors, with a model card."""
-    from lm2vec.export import export as run_export
+    from lm2vec.export.exporter import export as run_export
 
     prompts = dict(item.split("=", 1) for item in prompt if "=" in item)
     if len(prompts) != len(prompt):

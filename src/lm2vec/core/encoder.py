@@ -28,8 +28,8 @@ from lm2vec.core.bidirectional import make_bidirectional
 from lm2vec.core.models import resolve_model_path
 from lm2vec.core.pooling import check_pooling_mode, pool
 from lm2vec.core.tokenization import DEFAULT_TEMPLATE, TokenizedText, format_prefix, tokenize_with_instruction
+from lm2vec.export.model_card import write_model_card
 from lm2vec.io import replace_dir, staging_dir
-from lm2vec.model_card import write_model_card
 
 logger = logging.getLogger(__name__)
 CONFIG_NAME = "lm2vec_config.json"

@@ -25,8 +25,8 @@ from torch import nn
 from lm2vec.core.bidirectional import is_bidirectional
 from lm2vec.core.encoder import CONFIG_NAME, Encoder, EncoderConfig
 from lm2vec.core.tokenization import format_prefix
+from lm2vec.export.model_card import find_eval_results, write_model_card
 from lm2vec.io import replace_dir, staging_dir
-from lm2vec.model_card import find_eval_results, write_model_card
 
 FORMATS = ("sentence-transformers", "merged")
 ST_POOLING = {"mean": "mean", "weighted_mean": "weightedmean", "last": "lasttoken", "first": "cls"}

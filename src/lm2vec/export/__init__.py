@@ -1,0 +1,2 @@
+"""Exports and model cards.
+"""
