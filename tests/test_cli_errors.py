@@ -18,7 +18,7 @@ from lm2vec import cli
 from lm2vec.cli import app
 from lm2vec.cli_errors import run_cli
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = Path(__file__).resolve().parents[1] / "src" / "lm2vec" / "recipes"
 
 
 def lm2vec(capsys, *argv: str) -> tuple[int, str]:
@@ -168,6 +168,9 @@ def test_outputs_get_the_umask_mode_never_tighter_than_what_they_replace(tmp_pat
         assert stat.S_IMODE((tmp_path / "a.npy").stat().st_mode) == 0o664
         folder = tiny_encoder().save_pretrained(tmp_path / "enc")
         assert stat.S_IMODE(Path(folder).stat().st_mode) == 0o755
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in Path(folder).iterdir()}
+        assert "model.safetensors" in modes  # written by transformers through its own temp file
+        assert set(modes.values()) == {0o644}, modes
     finally:
         os.umask(old)
 

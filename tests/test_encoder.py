@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,13 +128,28 @@ def test_over_long_texts_are_truncated_with_one_warning():
     assert vectors.shape == (3, 64)
 
 
-def test_unknown_saved_config_key_is_rejected(tmp_path):
-    encoder = tiny_encoder()
+def test_unknown_saved_config_keys_are_named_in_a_warning_and_ignored(tmp_path):
+    """An older lm2vec reads a newer folder: the keys it does not know are ignored, never silently."""
+    encoder = tiny_encoder(pooling="last")
     encoder.save_pretrained(tmp_path / "enc")
     path = tmp_path / "enc" / "lm2vec_config.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), "poolling": "mean"}))
-    with pytest.raises(ValueError, match="unknown keys.*poolling"):
-        Encoder.from_pretrained(tmp_path / "enc", device="cpu")
+    saved = json.loads(path.read_text())
+    assert saved["format_version"] == 1 and saved["lm2vec_version"]
+    path.write_text(json.dumps({**saved, "format_version": 99, "poolling": "mean"}))
+    with pytest.warns(UserWarning, match=r"ignoring unknown keys \['poolling'\].*format 99.*format 1"):
+        loaded = Encoder.from_pretrained(tmp_path / "enc", device="cpu")
+    assert loaded.config.pooling == "last"
+    np.testing.assert_allclose(loaded.encode(["same vectors"]), encoder.encode(["same vectors"]), atol=1e-6)
+
+
+def test_a_folder_written_before_the_package_moved_still_loads_with_the_same_vectors():
+    """tests/fixtures/encoder-0.1.0-*: saved by lm2vec 0.1.0 (flat layout, no format_version)."""
+    folder = next((Path(__file__).parent / "fixtures").glob("encoder-0.1.0-*"))
+    expected = json.loads((folder / "expected_vectors.json").read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an old folder loads without any warning
+        loaded = Encoder.from_pretrained(folder, device="cpu")
+    np.testing.assert_allclose(loaded.encode(expected["texts"]), np.array(expected["vectors"]), atol=1e-5)
 
 
 def test_causal_encoder_stays_causal():

@@ -63,8 +63,19 @@ def staging_dir(target: Path, tag: str = "tmp") -> Path:
     return staging
 
 
+def share_tree(folder: Path) -> None:
+    """Give every file and folder under `folder` the umask's default mode: libraries that write via
+    their own temp files (transformers' safetensors shards) leave them owner-only (0600)."""
+    mask = _umask()
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask | (stat.S_IMODE(path.stat().st_mode) & 0o111))
+
+
 def replace_dir(staging: Path, target: Path) -> None:
-    """Move a finished folder into place; an existing target is swapped out, then removed."""
+    """Move a finished folder into place (every file in it made shareable first); an existing
+    target is swapped out, then removed."""
+    share_tree(staging)
     if target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
         os.replace(target, old)

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -28,12 +29,16 @@ from lm2vec.core.bidirectional import make_bidirectional
 from lm2vec.core.models import resolve_model_path
 from lm2vec.core.pooling import check_pooling_mode, pool
 from lm2vec.core.tokenization import DEFAULT_TEMPLATE, TokenizedText, format_prefix, tokenize_with_instruction
-from lm2vec.export.model_card import write_model_card
 from lm2vec.io import replace_dir, staging_dir
 
 logger = logging.getLogger(__name__)
 CONFIG_NAME = "lm2vec_config.json"
+# The saved folder's format: raise it when a change means older readers must know (they warn).
+FORMAT_VERSION = 1
 PROGRESS_MIN_TEXTS = 256
+# Called as hook(staging_folder, encoder, previous=target_folder) before a saved folder moves into
+# place. lm2vec/__init__.py adds the model-card writer (export/model_card.py): core never imports export.
+SAVE_HOOKS: list[Callable[..., None]] = []
 
 
 @dataclass
@@ -59,13 +64,22 @@ class EncoderConfig:
 
     @classmethod
     def load(cls, path: Path) -> EncoderConfig:
-        """Read a saved config, rejecting unknown keys so a typo never goes unnoticed."""
+        """Read a saved config. Keys this version does not know (from a newer lm2vec, or a typo) are
+        ignored with one warning that names them, so an older lm2vec can still read a newer folder."""
         data = json.loads(Path(path).read_text())
         known = {f.name for f in fields(cls)}
-        unknown = set(data) - known - {"lm2vec_version"}
+        unknown = sorted(set(data) - known - {"lm2vec_version", "format_version"})
         if unknown:
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+            written = data.get("format_version", 0)
+            newer = (f"; the folder was written by lm2vec {data.get('lm2vec_version')} (format {written}), "
+                     f"this is lm2vec {_version()} (format {FORMAT_VERSION})") if written > FORMAT_VERSION else ""
+            warnings.warn(f"{path}: ignoring unknown keys {unknown}{newer}", stacklevel=2)
         return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_json(self) -> str:
+        """The lm2vec_config.json text: these settings plus which version and format wrote them."""
+        payload = {**asdict(self), "format_version": FORMAT_VERSION, "lm2vec_version": _version()}
+        return json.dumps(payload, indent=2) + "\n"
 
 
 def _validate_texts(texts) -> tuple[list[tuple[str | None, str]], bool]:
@@ -245,9 +259,9 @@ class Encoder(nn.Module):
         try:
             self.model.save_pretrained(staging)
             self.tokenizer.save_pretrained(staging)
-            payload = {**asdict(self.config), "lm2vec_version": _version()}
-            (staging / CONFIG_NAME).write_text(json.dumps(payload, indent=2) + "\n")
-            write_model_card(staging, self, previous=target)  # README.md; a hand-written card is kept
+            (staging / CONFIG_NAME).write_text(self.config.to_json())
+            for hook in SAVE_HOOKS:  # the model card (README.md; a hand-written card is kept)
+                hook(staging, self, previous=target)
             replace_dir(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

@@ -15,6 +15,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from lm2vec.io import replace_dir, staging_dir
+
 logger = logging.getLogger(__name__)
 
 
@@ -110,12 +112,14 @@ def builtin_model_dir(name: str) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     logger.warning("Converting built-in model %s to safetensors in %s (once).", name, target)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
-        work = Path(tmp)
-        staged = work / "model"
-        convert_gguf(_assemble_gguf(spec, work), staged)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(staged, target)
+    staged = staging_dir(target)
+    try:
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-gguf-") as work:
+            convert_gguf(_assemble_gguf(spec, Path(work)), staged)
+        replace_dir(staged, target)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
     return target
 
 

@@ -43,7 +43,7 @@ def _count_prefix_tokens(offsets: list[tuple[int, int]], prefix_chars: int) -> i
     return count
 
 
-def _truncate(ids: list[int], specials: list[int], max_length: int) -> list[int]:
+def truncate(ids: list[int], specials: list[int], max_length: int) -> list[int]:
     """Cut to max_length, keeping a trailing special token (e.g. an added EOS) if the tokenizer added one."""
     if len(ids) <= max_length:
         return ids
@@ -86,6 +86,6 @@ def tokenize_with_instruction(
     skip = _count_prefix_tokens(enc["offset_mapping"], len(prefix)) if prefix else 0
     if not pool_leading_specials:
         skip = max(skip, _leading_specials(enc["special_tokens_mask"]))
-    kept = _truncate(ids, enc["special_tokens_mask"], max_length)
+    kept = truncate(ids, enc["special_tokens_mask"], max_length)
     skip = min(skip, len(kept) - 1)  # always pool at least one token
     return TokenizedText(ids=kept, skip=skip, truncated=len(kept) < len(ids))

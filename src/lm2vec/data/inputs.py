@@ -9,13 +9,12 @@ shifts silently.
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lm2vec.data.errors import DataError, Problems
-from lm2vec.data.text import detect_format, iter_lines, open_text
+from lm2vec.data.text import detect_format, iter_lines, json_object, open_text
 
 Text = str | tuple[str, str]  # plain text, or (instruction, text) from a .jsonl "instruction" field
 
@@ -61,12 +60,7 @@ def _jsonl_rows(path: Path, column: str) -> Iterator[tuple[str, Text | None]]:
         if _blank(line):
             yield where, None
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{where}: not valid JSON ({error.msg})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{where}: expected a JSON object with a {column!r} field")
+        record = json_object(line, where, f"a JSON object with a {column!r} field")
         yield where, _record_text(record, column, where)
 
 

@@ -8,11 +8,11 @@ a dev set is small and should be right.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from lm2vec.data.errors import DataError
+from lm2vec.data.text import json_object
 
 
 @dataclass(frozen=True)
@@ -43,12 +43,7 @@ def load_scored_pairs(path: str | Path) -> ScoredPairs:
             continue
         where = f"{path}:{number}"
         if path.suffix == ".jsonl":
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{where}: not valid JSON ({error.msg})") from None
-            if not isinstance(item, dict):
-                raise DataError(f"{where}: expected an object with sentence1, sentence2, score")
+            item = json_object(line, where, "an object with sentence1, sentence2, score")
             rows.append(_record(where, item.get("sentence1"), item.get("sentence2"), item.get("score")))
         else:
             fields = line.split("\t")

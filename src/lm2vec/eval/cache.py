@@ -8,6 +8,11 @@ an encode call of 5,000 documents interrupted after 3,000 resumes with the chunk
 
 Each entry is one .npy file written atomically (temp file in the same folder, then os.replace), so a
 crash mid-write leaves either no entry or a complete one, never a truncated array.
+
+Why not mteb's `CachedEmbeddingWrapper`: it keys vectors by task, prompt type and text inside a folder
+the user names, not by the weights, so a retrained encoder pointed at the same folder silently gets the
+old vectors; it cannot serve the word-level probes; and its memmap files are grown in place, not
+written atomically. Our key (weights fingerprint + settings + instruction + texts) rules that out.
 """
 
 from __future__ import annotations

@@ -111,36 +111,33 @@ def load_split(data_dir: str | Path, dataset: str, split: str) -> list[Sentence]
 
 
 # ---- scoring ----------------------------------------------------------------------------------------
+def _seqeval():
+    try:
+        import seqeval.metrics
+        import seqeval.metrics.sequence_labeling
+    except ImportError as error:
+        raise ImportError("span F1 needs seqeval: pip install 'lm2vec[eval]'") from error
+    return seqeval.metrics
+
+
 def iob_spans(tags: list[str] | tuple[str, ...]) -> set[tuple[str, int, int]]:
-    """Spans (type, start, end exclusive) of an IOB2 sequence, conlleval-style."""
-    spans: set[tuple[str, int, int]] = set()
-    kind, start = None, 0
-    for i, tag in enumerate((*tags, "O")):  # the sentinel closes a span that runs to the end
-        prefix, _, label = tag.partition("-")
-        continues = prefix == "I" and label == kind
-        if kind is not None and not continues:
-            spans.add((kind, start, i))
-            kind = None
-        if prefix in ("B", "I") and not continues:
-            kind, start = label, i
-    return spans
+    """Spans (type, start, end exclusive) of an IOB2 sequence, conlleval-style (seqeval's reading:
+    an I- tag that does not continue a span of its type opens one)."""
+    found = _seqeval().sequence_labeling.get_entities(list(tags))
+    return {(kind, start, end + 1) for kind, start, end in found}
 
 
 def span_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict[str, float]:
-    """Micro precision / recall / F1 of exact span matches over sentences (0 where undefined)."""
+    """Micro precision / recall / F1 of exact span matches over sentences (seqeval; 0 where undefined)."""
     if len(gold) != len(predicted):
         raise ValueError(f"{len(gold)} gold sentences but {len(predicted)} predicted")
-    hits = n_gold = n_pred = 0
     for g, p in zip(gold, predicted):
         if len(g) != len(p):
             raise ValueError(f"sentence of {len(g)} gold tags but {len(p)} predicted")
-        gold_spans, pred_spans = iob_spans(g), iob_spans(p)
-        hits += len(gold_spans & pred_spans)
-        n_gold, n_pred = n_gold + len(gold_spans), n_pred + len(pred_spans)
-    precision = hits / n_pred if n_pred else 0.0
-    recall = hits / n_gold if n_gold else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1}
+    gold, predicted = [list(g) for g in gold], [list(p) for p in predicted]
+    metrics = _seqeval()
+    return {name: float(score(gold, predicted, zero_division=0)) for name, score in
+            (("precision", metrics.precision_score), ("recall", metrics.recall_score), ("f1", metrics.f1_score))}
 
 
 def tag_scores(gold: list[list[str]], predicted: list[list[str]], spans: bool) -> dict[str, float]:

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lm2vec.core.batching import plan_batches
-from lm2vec.core.tokenization import TokenizedText, _truncate
+from lm2vec.core.tokenization import TokenizedText, truncate
 from lm2vec.eval.cache import EmbeddingCache
 from lm2vec.eval.conll import IOB_COLUMNS, Sentence, dataset_path, load_split, tag_scores
 from lm2vec.io import write_json_atomic
@@ -103,7 +103,7 @@ def word_spans(tokenizer: Any, words: tuple[str, ...] | list[str], max_length: i
         truncation=False,
     )
     ids, specials = enc["input_ids"], enc["special_tokens_mask"]
-    kept = _truncate(ids, specials, max_length)
+    kept = truncate(ids, specials, max_length)
     limit = len(kept) - (1 if len(kept) < len(ids) and specials[-1] else 0)  # original tokens still there
     offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
     positions = np.flatnonzero(

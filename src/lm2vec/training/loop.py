@@ -24,13 +24,13 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from lm2vec.core.adapters import attach_lora, merge_lora, trainable_parameters
 from lm2vec.core.distributed import barrier, init_distributed, process_device
 from lm2vec.core.encoder import Encoder, EncoderConfig, checkpoint_errors, default_device, load_saved_config
 from lm2vec.core.models import resolve_model_path
 from lm2vec.io import write_json_atomic, write_safetensors_atomic
 from lm2vec.training import checkpoint as ckpt
 from lm2vec.training.dev_eval import DevEvaluator
+from lm2vec.training.lora import attach_lora, merge_lora, trainable_parameters
 from lm2vec.training.objectives.simcse import restore_dropout, set_dropout
 from lm2vec.training.plots import plot_loss_curve
 from lm2vec.training.precision import autocast_context, base_dtype, resolve_precision

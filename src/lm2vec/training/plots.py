@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lm2vec.io import write_atomic
+
 
 def _moving_average(values: list[float], window: int) -> list[float]:
     return [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
@@ -44,8 +46,6 @@ def plot_loss_curve(log_path: Path, png_path: Path, title: str = "") -> Path | N
         handles, labels = handles + more[0], labels + more[1]
     ax.legend(handles, labels, fontsize=8)
     fig.tight_layout()
-    tmp = png_path.with_name(f".{png_path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    write_atomic(png_path, lambda handle: fig.savefig(handle, dpi=100, format="png"), mode="wb")
     plt.close(fig)
-    tmp.replace(png_path)
     return png_path
