@@ -74,7 +74,7 @@ def merged_vectors(folder: Path, encoder, texts: list[str]) -> np.ndarray:
 
 def main() -> None:
     from lm2vec import Encoder
-    from lm2vec.export.exporter import export_merged, export_sentence_transformers
+    from lm2vec.export import export_merged, export_sentence_transformers
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

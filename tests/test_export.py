@@ -20,7 +20,7 @@ from transformers import AutoModel
 from typer.testing import CliRunner
 
 from lm2vec import Encoder, EncoderConfig, is_bidirectional
-from lm2vec.export.exporter import ExportError, cosines, export_merged, export_sentence_transformers
+from lm2vec.export import ExportError, cosines, export_merged, export_sentence_transformers
 from lm2vec.export.model_card import MARKER, render_model_card
 
 TEXTS = ["A man is playing a guitar.", "cats", "The committee postponed its decision until the next meeting."]
@@ -130,7 +130,7 @@ def test_merged_export_is_plain_bidirectional_safetensors(tmp_path):
 
 
 def test_merged_export_folds_lora_in(tmp_path):
-    from lm2vec.core.adapters import attach_lora
+    from lm2vec.training.lora import attach_lora
     from lm2vec.training.recipe import LoraSettings
 
     encoder = tiny_encoder()

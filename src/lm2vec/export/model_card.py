@@ -78,16 +78,13 @@ def _eval_rows(results: dict) -> list[tuple[str, str, str]]:
 
 
 def _front_matter(base: str, licence: str, library: str) -> str:
-    tags = ["lm2vec", "llm2vec", "sentence-embeddings", "feature-extraction"]
-    lines = [
-        "---",
-        f"base_model: {base}",
-        f"license: {licence if ' ' not in licence else 'other'}",
-        f"library_name: {library}",
-        "pipeline_tag: sentence-similarity",
-        "tags:",
-    ]
-    return "\n".join(lines + [f"- {t}" for t in tags] + ["---"])
+    """The hub's YAML metadata block, written by huggingface_hub's ModelCardData."""
+    from huggingface_hub import ModelCardData
+
+    data = ModelCardData(base_model=base, license=licence if " " not in licence else "other", library_name=library,
+                         pipeline_tag="sentence-similarity",
+                         tags=["lm2vec", "llm2vec", "sentence-embeddings", "feature-extraction"])
+    return f"---\n{data.to_yaml()}\n---"
 
 
 def _model_section(encoder, base: str, licence: str) -> list[str]:

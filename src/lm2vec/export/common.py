@@ -1,0 +1,97 @@
+"""What both export formats share: the output-folder rule, the weights as transformers saves them,
+lm2vec's config beside them, and the check that the exported folder reproduces lm2vec's vectors.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from lm2vec.core.encoder import CONFIG_NAME, Encoder
+from lm2vec.io import staging_dir
+
+MIN_COSINE = 0.9999
+
+PROBE_TEXTS = [
+    "A man is playing a guitar on the stage.",
+    "Stock prices fell sharply in early trading after the report was published.",
+    "cats",
+    "The committee postponed its decision until the next meeting, citing incomplete data from two regions.",
+]
+
+
+class ExportError(RuntimeError):
+    """The exported folder does not reproduce the encoder (and was not written)."""
+
+
+def check_output_folder(output: Path, overwrite: bool) -> None:
+    """Refuse to replace anything but an empty folder or (with `overwrite`) an earlier export.
+
+    The export swaps in a whole new folder, so every file already in `output` would be deleted:
+    never do that to files lm2vec did not write."""
+    if not output.exists() or (output.is_dir() and not any(output.iterdir())):
+        return
+    if not output.is_dir():
+        raise ValueError(f"{output} is a file; give a folder to export into")
+    if not overwrite:
+        raise ValueError(f"{output} already exists and is not empty; pass --overwrite to replace an earlier export")
+    if not (output / CONFIG_NAME).is_file():
+        raise ValueError(f"{output} holds files that are not an lm2vec export (no {CONFIG_NAME}); exporting there "
+                         "would delete them, so choose a new or empty folder")
+
+
+def plain_model(encoder: Encoder) -> nn.Module:
+    """The backbone with any LoRA adapter folded in (peft's merge; the vectors do not change)."""
+    model = encoder.model
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+        encoder.model = model
+    return model
+
+
+def save_hf(encoder: Encoder, folder: Path) -> None:
+    """Weights + tokenizer as transformers saves them; right padding so default position ids match ours."""
+    plain_model(encoder).save_pretrained(folder)
+    tokenizer = encoder.tokenizer
+    side, tokenizer.padding_side = tokenizer.padding_side, "right"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token  # padding is masked out; any id will do
+    try:
+        tokenizer.save_pretrained(folder)
+    finally:
+        tokenizer.padding_side = side
+
+
+def write_lm2vec_config(encoder: Encoder, folder: Path) -> None:
+    """lm2vec's settings beside the weights, so `Encoder.from_pretrained(export)` also works."""
+    config = replace(encoder.config, padding_side="right")
+    (folder / CONFIG_NAME).write_text(config.to_json())
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def check_close(reference: np.ndarray, exported: np.ndarray, what: str) -> float:
+    worst = float(cosines(reference, exported).min())
+    if not worst >= MIN_COSINE:
+        raise ExportError(
+            f"{what} gives different vectors from lm2vec (min cosine {worst:.6f} < {MIN_COSINE})"
+        )
+    return worst
+
+
+def staged(output: Path):
+    """A fresh folder beside `output` (same filesystem, so the final rename is atomic)."""
+    return staging_dir(output, tag="export")
+
+
+def probe_vectors(encoder: Encoder, batch_size: int = 1) -> np.ndarray:
+    """Probe vectors (batch_size 1: no padding; larger: padded batches), without truncation warnings."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return encoder.encode(PROBE_TEXTS, batch_size=batch_size)
