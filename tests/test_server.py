@@ -141,8 +141,9 @@ def test_load_concurrent_clients_get_their_own_vectors(encoder, expected):
             return await asyncio.gather(*(_client(url, seed, 10, expected) for seed in range(8)))
 
         assert sum(asyncio.run(load())) == 80  # zero lost, zero mismatched
-        assert service.metrics.requests[("/v1/embeddings", "200")] == 80
-        assert service.metrics.batch_rows.count < service.metrics.inputs  # rows were batched
+        assert service.metrics.value("lm2vec_requests_total", path="/v1/embeddings", status="200") == 80
+        # rows were batched
+        assert service.metrics.value("lm2vec_batch_size_count") < service.metrics.value("lm2vec_inputs_total")
 
 
 def test_queue_merges_concurrent_requests_into_one_batch():
@@ -217,13 +218,11 @@ def test_bad_requests_get_clean_errors_and_server_keeps_serving(encoder, expecte
         assert client.get("/health").json()["status"] == "ok"
         good = client.post("/v1/embeddings", json={"input": POOL[3]})
         assert good.status_code == 200 and np.abs(vectors_of(good.json())[0] - expected[POOL[3]]).max() < 1e-5
-        metrics = client.get("/metrics").text
-        assert (
-            'lm2vec_errors_total{type="invalid_input"}' in metrics
-            and 'lm2vec_requests_total{path="/v1/embeddings",status="400"}' in metrics
-            and 'lm2vec_requests_total{path="/v1/embeddings",status="405"} 1' in metrics
-            and 'lm2vec_requests_total{path="unmatched",status="404"} 1' in metrics
-        )
+        metrics = samples(client.get("/metrics").text)
+        assert metrics[("lm2vec_errors_total", (("type", "invalid_input"),))] >= 1
+        assert metrics[("lm2vec_requests_total", (("path", "/v1/embeddings"), ("status", "400")))] >= 1
+        assert metrics[("lm2vec_requests_total", (("path", "/v1/embeddings"), ("status", "405")))] == 1
+        assert metrics[("lm2vec_requests_total", (("path", "unmatched"), ("status", "404")))] == 1
 
 
 def test_truncate_setting_accepts_long_inputs_like_encode(encoder):
@@ -242,15 +241,21 @@ def test_metrics_and_health(encoder):
         text = httpx.get(f"{url}/metrics").text
         assert httpx.get(f"{url}/health").json() == {"status": "ok", "model": "tiny", "queue_depth": 0}
         assert httpx.get(f"{url}/v1/models").json()["data"][0]["id"] == "tiny"
-    for line in (
-        'lm2vec_requests_total{path="/v1/embeddings",status="200"} 1',
-        "lm2vec_inputs_total 3",
-        "lm2vec_queue_depth 0",
-        'lm2vec_batch_size_bucket{le="4"}',
-        'lm2vec_request_seconds_bucket{le="+Inf"} 1',
-        "lm2vec_requests_in_flight",
-    ):
-        assert line in text, line
+    metrics = samples(text)
+    assert metrics[("lm2vec_requests_total", (("path", "/v1/embeddings"), ("status", "200")))] == 1
+    assert metrics[("lm2vec_inputs_total", ())] == 3
+    assert metrics[("lm2vec_queue_depth", ())] == 0
+    assert metrics[("lm2vec_batch_size_bucket", (("le", "4.0"),))] == 1  # one batch of 3 rows
+    assert metrics[("lm2vec_request_seconds_bucket", (("le", "+Inf"),))] == 1
+    assert ("lm2vec_requests_in_flight", ()) in metrics
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    """A Prometheus exposition as {(sample name, sorted labels): value}, read by prometheus_client's parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def test_api_key_is_required_when_set(encoder):
@@ -322,7 +327,7 @@ def test_client_disconnect_does_not_break_the_batch_for_others(expected):
 
         assert sum(asyncio.run(scenario())) == 8
         assert asyncio.run(_client(url, 99, 2, expected)) == 2
-        assert service.metrics.requests.get(("/v1/embeddings", "500"), 0) == 0
+        assert service.metrics.value("lm2vec_requests_total", path="/v1/embeddings", status="500") == 0
 
 
 def test_graceful_shutdown_answers_every_accepted_request(expected):

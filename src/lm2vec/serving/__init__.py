@@ -1,2 +1,3 @@
-"""The HTTP server.
+"""The HTTP server (app.py) with its request schema, batching queue and metrics.
+Imports lm2vec.core and lm2vec.io.
 """

@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lm2vec.core.tokenization import TokenizedText
-from lm2vec.serving.metrics import ServerMetrics
+from lm2vec.serving.metrics import CONTENT_TYPE, ServerMetrics
 from lm2vec.serving.queue import BatchQueue, QueueClosed, QueueFull, QueueSettings
 from lm2vec.serving.schema import (
     ApiError,
@@ -270,7 +270,7 @@ def _add_routes(app: FastAPI, service: EmbeddingService) -> None:
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
-        return PlainTextResponse(service.metrics.render(), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(service.metrics.render(), media_type=CONTENT_TYPE)
 
 
 def _route(request: Request) -> str:
