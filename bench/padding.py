@@ -19,8 +19,8 @@ import torch
 from lm2vec.core.encoder import Encoder
 from lm2vec.io import write_json_atomic
 from lm2vec.training.loop import batch_indices
+from lm2vec.training.objectives import OBJECTIVES
 from lm2vec.training.recipe import StageConfig
-from lm2vec.training.tasks import TASKS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sweep  # noqa: E402
@@ -29,7 +29,7 @@ import sweep  # noqa: E402
 def padding_share(encoder: Encoder, stage: StageConfig, steps: int) -> float:
     """Padded / all tokens over the first `steps` batches of `stage` (1 process, no accumulation)."""
     encoder.config.max_length = stage.max_length  # as the training loop's encoder has it
-    task = TASKS[stage.objective](stage, encoder, None)
+    task = OBJECTIVES[stage.objective](stage, encoder, None)
     examples = task.load_examples()
     lengths = task.lengths(examples) if stage.group_by_length else None
     real = total = 0

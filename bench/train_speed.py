@@ -77,9 +77,9 @@ def run_lm2vec(args) -> dict:
                             lora={"dropout": args.lora_dropout})
         runner = StageRunner(Recipe(stages=[stage], model=path), stage, path, Path(tmp) / "s", Path(tmp) / "e", device="cpu")
         if args.worker == "full-vocab":
-            import lm2vec.training.tasks
+            import lm2vec.training.objectives.mntp
 
-            lm2vec.training.tasks.mntp_loss_from_hidden = full_vocab_mntp_loss
+            lm2vec.training.objectives.mntp.mntp_loss_from_hidden = full_vocab_mntp_loss
         runner.setup()
         runner.out_dir.mkdir(parents=True)
         times, losses = [], []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,9 +17,10 @@ from lm2vec.data.scored_pairs import load_scored_pairs
 from lm2vec.training import precision as precision_module
 from lm2vec.training.dev_eval import DevEvaluator
 from lm2vec.training.loop import StageRunner, batch_indices, epoch_order
+from lm2vec.training.objectives import OBJECTIVES
+from lm2vec.training.objectives.mntp import MNTPTask, pack_blocks
 from lm2vec.training.precision import resolve_precision
 from lm2vec.training.recipe import Recipe, RecipeError, StageConfig, load_recipe
-from lm2vec.training.tasks import TASKS, MNTPTask, pack_blocks
 
 WORDS = ["cat", "dog", "bird", "fox", "owl", "eel", "ant", "bee"]
 SENTENCES = [f"the {w} number {i} sat {'very ' * (i % 5)}quietly on the {WORDS[(i + 3) % 8]}." for i, w in
@@ -152,9 +152,9 @@ def test_padding_share_is_logged_and_packing_removes_it(model_dir, corpus, tmp_p
 
 def test_simcse_instruction_is_attended_but_not_pooled(corpus):
     encoder = tiny_encoder()
-    plain = TASKS["simcse"](StageConfig(objective="simcse", data=str(corpus)), encoder).collate(["a cat"], None)
+    plain = OBJECTIVES["simcse"](StageConfig(objective="simcse", data=str(corpus)), encoder).collate(["a cat"], None)
     stage = StageConfig(objective="simcse", data=str(corpus), instruction="Retrieve semantically similar text:")
-    instructed = TASKS["simcse"](stage, encoder).collate(["a cat"], None)
+    instructed = OBJECTIVES["simcse"](stage, encoder).collate(["a cat"], None)
     assert instructed["input_ids"].shape[1] > plain["input_ids"].shape[1]
     assert instructed["pool_mask"].sum() == plain["pool_mask"].sum()  # the same text tokens are pooled
 
@@ -218,8 +218,15 @@ def test_keep_best_ends_with_the_weights_of_the_best_dev_step(model_dir, corpus,
         StageConfig(objective="mntp", data="x", keep_best=True)
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml")),
-                         ids=lambda p: p.name)
-def test_shipped_recipes_validate(path):
-    recipe = load_recipe(path)
+@pytest.mark.parametrize("name", ["demo", "llm2vec-supervised", "llm2vec-unsupervised", "uni-simcse"])
+def test_shipped_recipes_validate_and_load_by_name(name):
+    recipe = load_recipe(name)
     assert recipe.stages and all(stage.max_steps >= 1 for stage in recipe.stages)
+    assert load_recipe(f"recipes/{name}.yaml") == recipe  # the path README used before recipes moved
+
+
+def test_unknown_recipe_names_the_built_in_ones(tmp_path):
+    with pytest.raises(RecipeError, match="recipe not found: nope.*built-in: demo, llm2vec-supervised"):
+        load_recipe("nope")
+    with pytest.raises(RecipeError, match="recipe not found"):
+        load_recipe(tmp_path / "llm2vec-unsupervised.yaml")  # a path elsewhere is never swapped for a built-in

@@ -93,7 +93,8 @@ def encode(
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def train(
     ctx: typer.Context,
-    recipe: Path = typer.Argument(..., exists=True, dir_okay=False, help="YAML recipe, e.g. recipes/llm2vec-unsupervised.yaml"),
+    recipe: str = typer.Argument(..., help="YAML recipe file, or a built-in recipe: llm2vec-unsupervised, "
+                                 "llm2vec-supervised, uni-simcse, demo"),
     model: str = typer.Option(None, "--model", "-m", help="override the recipe's model"),
     output: Path = typer.Option(Path("runs/latest"), "--output", "-o", help="run directory"),
     resume: bool = typer.Option(False, help="continue from the last complete checkpoint in OUTPUT"),
@@ -250,7 +251,7 @@ def _verdict(vectors) -> str:
     if lowest > highest:
         return f"[green]every paraphrase pair ({lowest:.2f} and up) ranks above every unrelated pair ({highest:.2f} at most)[/green]"
     return (f"[yellow]not there yet[/yellow]: unrelated sentences {i} and {j} ({highest:.2f}) rank above a paraphrase "
-            f"pair ({lowest:.2f}); this short run is not enough, recipes/llm2vec-unsupervised.yaml (~13 CPU minutes) is")
+            f"pair ({lowest:.2f}); this short run is not enough, `lm2vec train llm2vec-unsupervised` (~13 CPU minutes) is")
 
 
 @app.command()
@@ -341,7 +342,7 @@ def export_model(
     overwrite: bool = typer.Option(False, help="replace an earlier export in OUTPUT (other folders are refused)"),
 ) -> None:
     """Write MODEL as a sentence-transformers folder or as plain merged safetensors, with a model card."""
-    from lm2vec.export.exporter import export as run_export
+    from lm2vec.export import export as run_export
 
     prompts = dict(item.split("=", 1) for item in prompt if "=" in item)
     if len(prompts) != len(prompt):

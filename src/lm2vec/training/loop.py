@@ -31,11 +31,11 @@ from lm2vec.io import write_json_atomic, write_safetensors_atomic
 from lm2vec.training import checkpoint as ckpt
 from lm2vec.training.dev_eval import DevEvaluator
 from lm2vec.training.lora import attach_lora, merge_lora, trainable_parameters
+from lm2vec.training.objectives import OBJECTIVES
 from lm2vec.training.objectives.simcse import restore_dropout, set_dropout
 from lm2vec.training.plots import plot_loss_curve
 from lm2vec.training.precision import autocast_context, base_dtype, resolve_precision
 from lm2vec.training.recipe import Recipe, StageConfig, dump_recipe
-from lm2vec.training.tasks import TASKS
 
 logger = logging.getLogger(__name__)
 DONE = "DONE"
@@ -156,7 +156,7 @@ class StageRunner:
         stage = self.stage
         self.encoder, lm_head = load_stage_encoder(self.model_path, stage, self.recipe, self.device,
                                                    base_dtype(self.precision))
-        self.task = TASKS[stage.objective](stage, self.encoder, lm_head)
+        self.task = OBJECTIVES[stage.objective](stage, self.encoder, lm_head)
         self.examples = self.task.load_examples()
         self.lengths = self.task.lengths(self.examples) if stage.group_by_length else None
         self.dropout = set_dropout(self.encoder.model, attention=stage.attention_dropout,

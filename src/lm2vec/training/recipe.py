@@ -19,11 +19,13 @@ import yaml
 
 from lm2vec.core.pooling import check_pooling_mode
 
-OBJECTIVES = ("mntp", "simcse", "supervised")
+OBJECTIVE_NAMES = ("mntp", "simcse", "supervised")  # their classes: training/objectives OBJECTIVES
 # auto: bf16 where the hardware has bf16 units (CUDA, or a CPU with AVX512-BF16/AMX-BF16), else fp32.
 # bf16: frozen base weights stored in bf16 (no per-op casts); LoRA weights, loss and optimiser in float32.
 # bf16-autocast / fp16: float32 weights under torch.autocast. no / fp32: float32 throughout.
 PRECISIONS = ("auto", "no", "fp32", "bf16", "bf16-autocast", "fp16")
+
+BUILTIN_RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
 class RecipeError(ValueError):
@@ -97,7 +99,7 @@ class StageConfig:
         self.name = self.name or self.objective
         if isinstance(self.lora, dict):
             self.lora = _build(LoraSettings, self.lora, f"stage {self.name!r}: lora")
-        _check(self.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        _check(self.objective in OBJECTIVE_NAMES, f"objective must be one of {OBJECTIVE_NAMES}, got {self.objective!r}")
         _check(bool(self.data), f"stage {self.name!r}: data is required")
         for key in ("max_steps", "batch_size", "grad_accum", "max_length", "save_every", "keep_checkpoints"):
             _check(getattr(self, key) >= 1, f"stage {self.name!r}: {key} must be >= 1, got {getattr(self, key)}")
@@ -231,11 +233,28 @@ def apply_override(data: dict, assignment: str) -> None:
     node[keys[-1]] = _parse_value(value)
 
 
+def builtin_recipes() -> dict[str, Path]:
+    """The recipes that ship inside the package (src/lm2vec/recipes), by name."""
+    return {p.stem: p for p in sorted(BUILTIN_RECIPES.glob("*.yaml"))}
+
+
+def find_recipe(spec: str | Path) -> Path:
+    """A recipe file: `spec` itself if it is a file, else the built-in recipe of that name
+    (`llm2vec-unsupervised`, also written `llm2vec-unsupervised.yaml` or `recipes/llm2vec-unsupervised.yaml`)."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    shipped = builtin_recipes()
+    name = path.name.removesuffix(".yaml").removesuffix(".yml")
+    if name in shipped and (path.parent == Path(".") or path.parent.name == "recipes"):
+        return shipped[name]
+    raise RecipeError(f"recipe not found: {spec} (neither a file nor a built-in recipe; built-in: {', '.join(shipped)})")
+
+
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
-    """Read a YAML recipe, apply overrides (`stages.mntp.max_steps=10`, `model=...`), validate it."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"recipe not found: {path}")
+    """Read a YAML recipe (a file or a built-in name), apply overrides (`stages.mntp.max_steps=10`,
+    `model=...`), validate it."""
+    path = find_recipe(path)
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:

@@ -5,11 +5,21 @@ predicting each masked token i from the output at position i-1: the position the
 was trained to read its next token from. So the first real token of a sequence is never a target.
 """
 
+from __future__ import annotations
+
+import logging
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lm2vec.core.batching import pad_batch
+from lm2vec.core.encoder import Encoder
+from lm2vec.training.objectives.base import load_corpus
+from lm2vec.training.recipe import StageConfig
+
+logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # ignored by F.cross_entropy, as in Hugging Face labels
 
@@ -98,3 +108,60 @@ def mntp_loss(
     softcap = getattr(config, "final_logit_softcapping", None)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, D)
     return mntp_loss_from_hidden(hidden, lm_head, labels, softcap=softcap)
+
+
+def pack_blocks(documents: list[list[int]], block: int, separator: int | None, prefix: list[int]) -> list[list[int]]:
+    """Concatenate token lists (a `separator` after each document) and cut the stream into blocks of
+    `block` tokens, each opened by `prefix` (the tokenizer's BOS, if it adds one). Every stream token
+    lands in exactly one block; the last block may be shorter (it is padded, never dropped).
+
+    Documents share a block as in llm2vec's run_mntp (Hugging Face `group_texts`): attention is
+    bidirectional within a block, across document boundaries, and never between blocks. The loss
+    keeps its definition: masked token i is predicted from the output at i-1 of its own block.
+    """
+    room = block - len(prefix)
+    if room < 1:
+        raise ValueError(f"max_length {block} leaves no room after the {len(prefix)} prefix tokens")
+    stream = [t for doc in documents for t in (doc + ([separator] if separator is not None else []))]
+    return [prefix + stream[start : start + room] for start in range(0, len(stream), room)]
+
+
+class MNTPTask:
+    """Masked next-token prediction: mask tokens, predict token i from the output at i-1."""
+
+    def __init__(self, stage: StageConfig, encoder: Encoder, lm_head: torch.nn.Module) -> None:
+        self.stage, self.encoder, self.lm_head = stage, encoder, lm_head
+        tokenizer = encoder.tokenizer
+        self.mask_id = tokenizer.convert_tokens_to_ids(stage.mask_token)
+        ids = tokenizer(stage.mask_token, add_special_tokens=False)["input_ids"]
+        if self.mask_id is None or self.mask_id == tokenizer.unk_token_id or ids != [self.mask_id]:
+            raise ValueError(f"mask_token {stage.mask_token!r} is not a single token of this tokenizer")
+        self.specials = tokenizer.all_special_ids
+        self.vocab = encoder.model.config.get_text_config().vocab_size
+        self.softcap = getattr(encoder.model.config.get_text_config(), "final_logit_softcapping", None)
+
+    def load_examples(self) -> list[list[int]]:
+        """Token-id rows: packed blocks of max_length tokens, or one (truncated) text per row."""
+        texts = load_corpus(self.stage)
+        if not self.stage.pack:
+            return [t.ids for t in self.encoder.tokenize([(None, text) for text in texts])]
+        tokenizer = self.encoder.tokenizer
+        documents = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        with_specials = tokenizer("x")["input_ids"]
+        prefix = with_specials[: len(with_specials) - len(tokenizer("x", add_special_tokens=False)["input_ids"])]
+        blocks = pack_blocks(documents, self.stage.max_length, tokenizer.eos_token_id, prefix)
+        logger.info("MNTP: %d texts packed into %d blocks of %d tokens", len(texts), len(blocks), self.stage.max_length)
+        return blocks
+
+    def lengths(self, examples: list[list[int]]) -> list[int]:
+        return [len(ids) for ids in examples]
+
+    def collate(self, rows: list[list[int]], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        batch = pad_batch(rows, [0] * len(rows), self.encoder.pad_token_id, self.encoder.config.padding_side)
+        masked, labels = mask_tokens(batch["input_ids"], batch["attention_mask"], self.mask_id, self.vocab,
+                                     self.stage.mask_rate, self.stage.mask_strategy, self.specials, generator)
+        return {**batch, "input_ids": masked, "labels": labels}
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        hidden = self.encoder.hidden_states(batch)  # (B, T, D)
+        return mntp_loss_from_hidden(hidden, self.lm_head, batch["labels"].to(hidden.device), softcap=self.softcap)

@@ -5,13 +5,18 @@ differ only by dropout noise, and each sentence must find its other view among t
 Decoders usually ship with dropout 0, so LLM2Vec turns attention dropout on (0.3) for this step.
 """
 
+from __future__ import annotations
+
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from lm2vec.core.encoder import Encoder
+from lm2vec.training.objectives.base import load_corpus
 from lm2vec.training.objectives.contrastive import distributed_info_nce
+from lm2vec.training.recipe import StageConfig
 
 # Where Hugging Face decoders keep dropout rates, by attribute name (a table, not per-model code).
 # Float attributes are read in forward (llama/qwen2/mistral/gemma `self.attention_dropout`,
@@ -95,3 +100,23 @@ def simcse_loss(embed_fn: Callable[[Any], torch.Tensor], batch: Any, scale: floa
     view1 = embed_fn(batch)  # (B, D)
     view2 = embed_fn(batch)  # (B, D)
     return distributed_info_nce(view1, view2, scale=scale)
+
+
+class SimCSETask:
+    """Unsupervised SimCSE: the same texts twice, different dropout; other texts are negatives."""
+
+    def __init__(self, stage: StageConfig, encoder: Encoder, lm_head=None) -> None:
+        self.stage, self.encoder = stage, encoder
+
+    def load_examples(self) -> list[str]:
+        return load_corpus(self.stage)
+
+    def lengths(self, texts: list[str]) -> list[int]:
+        return [len(t) for t in texts]  # characters: a free proxy for token counts, enough for grouping
+
+    def collate(self, texts: list[str], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Both views share one batch; `instruction` (attended, not pooled) trains for instructed use."""
+        return self.encoder.collate(self.encoder.tokenize([(self.stage.instruction, t) for t in texts]))
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return simcse_loss(self.encoder.embed, batch, scale=self.stage.scale)
