@@ -269,6 +269,7 @@ def report(args, profile, trained, table, train_minutes, total_seconds) -> None:
     date = datetime.date.today().isoformat()
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or 'x86_64'}, {torch.get_num_threads()} threads)"
     payload = {"date": date, "model": args.model, "profile": args.profile, "device": device,
+               "environment": sweep.environment(),
                "settings": profile, "train_minutes": train_minutes, "total_seconds": round(total_seconds),
                "dev_curves": {key: result["curve"] for key, result in trained.items()},
                "zero_shot": "no variant was trained on any split of an evaluated task (dev curves: STS Benchmark dev)",

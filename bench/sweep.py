@@ -62,6 +62,32 @@ VARIANTS = {  # name -> (bidirectional, pooling, [stage settings in order])
 }
 
 
+def with_seeds(variants: dict, seeds: list[int] | None) -> dict:
+    """Each variant once per seed of its *last* stage (data order, dropout masks, LoRA init); earlier
+    stages keep their seed, so they are trained once and shared. Seed 42 (the default) keeps the plain name."""
+    if not seeds:
+        return variants
+    out = {}
+    for name, (bidirectional, pooling, stages) in variants.items():
+        for seed in seeds:
+            label = name if seed == 42 else f"{name}, seed {seed}"
+            out[label] = (bidirectional, pooling, [*stages[:-1], _with(stages[-1], seed=seed)] if seed != 42 else stages)
+    return out
+
+
+def seed_spread(results: dict) -> str:
+    """Mean, min and max final dev over the seeds of each variant that ran with more than one."""
+    groups: dict[str, list[float]] = {}
+    for name, r in results.items():
+        groups.setdefault(name.split(", seed ")[0], []).append(r["final_dev"])
+    rows = [f"| {name} | {len(v)} | {sum(v) / len(v):.1f} | {min(v):.1f} | {max(v):.1f} |"
+            for name, v in groups.items() if len(v) > 1]
+    if not rows:
+        return ""
+    return ("\nSeed spread of the last stage (final dev):\n\n| variant | seeds | mean | min | max |\n"
+            "|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+
+
 def stage_data(objective: str, args) -> str | list[str]:
     return {"mntp": args.corpus or "builtin:wiki-leads", "simcse": args.simcse_corpus or args.corpus or
             str(args.data_dir / "corpora/wiki1m_for_simcse/wiki1m_for_simcse.txt"),
@@ -146,6 +172,7 @@ def main() -> None:
     p.add_argument("--dev", help="scored dev pairs; default STS Benchmark dev from --data-dir")
     p.add_argument("--dev-limit", type=int, default=500)
     p.add_argument("--only", nargs="*", help="run only these variants")
+    p.add_argument("--seeds", nargs="*", type=int, help="train each variant's last stage once per seed (42 = default)")
     p.add_argument("--work", type=Path, default=Path("runs/sweep"))
     p.add_argument("--results", type=Path, default=Path("bench/results"))
     args = p.parse_args()
@@ -154,9 +181,8 @@ def main() -> None:
     done_file = args.work / "sweep.json"
     done = json.loads(done_file.read_text()) if done_file.is_file() else {}
     results, started = {}, time.time()
-    for name, spec in VARIANTS[args.profile].items():
-        if args.only and name not in args.only:
-            continue
+    chosen = {n: v for n, v in VARIANTS[args.profile].items() if not args.only or n in args.only}
+    for name, spec in with_seeds(chosen, args.seeds).items():
         key = key_of(name, spec, args.model, args.dev, args.dev_limit)
         if key not in done:
             done[key] = run_variant(name, spec, args)
@@ -165,6 +191,19 @@ def main() -> None:
         print(f"{name}: dev {results[name]['start_dev']:.1f} -> {results[name]['final_dev']:.1f} "
               f"in {results[name]['minutes']:.1f} min", flush=True)
     report(args, results, time.time() - started)
+
+
+def environment() -> dict:
+    """What decides bf16 numerics besides our code: CPU model, thread count and library versions.
+    Runs with equal settings agree to the digit on one host; hosts may differ (see the closing notes)."""
+    import importlib.metadata as metadata
+
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else platform.processor()
+    versions = {name: metadata.version(name) for name in ("torch", "transformers", "peft", "lm2vec")}
+    return {"cpu": cpu, "threads": torch.get_num_threads(), "versions": versions}
 
 
 def earlier_variants(path: Path) -> dict:
@@ -177,13 +216,14 @@ def report(args, results: dict, seconds: float) -> None:
     stem = args.results / f"sweep-{args.profile}-{date}"
     args.results.mkdir(parents=True, exist_ok=True)
     payload = {"date": date, "model": args.model, "profile": args.profile, "dev": args.dev, "dev_limit": args.dev_limit,
-               "device": f"CPU {platform.machine()}, 2 threads", "wall_seconds_this_run": round(seconds),
+               "device": f"CPU {platform.machine()}, 2 threads", "environment": environment(),
+               "wall_seconds_this_run": round(seconds),
                "note": "dev Spearman x100 on a fixed sample of STS Benchmark dev pairs, no instruction, weights as "
                        "trained (bf16 base where the CPU has bf16 units); minutes are training time without evaluation",
                "variants": results}
     payload["variants"] = {**earlier_variants(Path(f"{stem}.json")), **results}
     write_json_atomic(Path(f"{stem}.json"), payload)
-    table = markdown(payload["variants"])
+    table = markdown(payload["variants"]) + seed_spread(payload["variants"])
     Path(f"{stem}.md").write_text(f"Model {args.model}, dev {args.dev} ({args.dev_limit} pairs), {date}.\n\n{table}")
     plot(payload["variants"], Path(f"{stem}-dev-curves.png"))
     print(table)
