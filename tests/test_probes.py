@@ -202,9 +202,12 @@ def test_probe_beats_majority_when_features_are_informative(synthetic, tmp_path)
     assert report["fingerprint"] == encoder.fingerprint() and "conll2003-pos" in report["tasks"]
 
 
-def test_probe_shifts_for_mntp_models_and_caches(synthetic, tmp_path, monkeypatch):
-    encoder = tiny_encoder(training={"mntp": {"max_steps": 1}})
-    first = probe_tasks(encoder, ["conll2003-pos", "conll2003-ner"], synthetic, cache_dir=tmp_path / "cache")
+def test_probe_reads_unshifted_by_default_shifts_when_asked_and_caches(synthetic, tmp_path, monkeypatch):
+    encoder = tiny_encoder(training={"mntp": {"max_steps": 1}})  # MNTP-trained: still unshifted by default
+    plain = probe_tasks(encoder, ["conll2003-pos"], synthetic)
+    assert plain["conll2003-pos"]["settings"]["shift"] is False
+    first = probe_tasks(encoder, ["conll2003-pos", "conll2003-ner"], synthetic, ProbeSettings(shift=True),
+                        cache_dir=tmp_path / "cache")
     assert all(r["settings"]["shift"] is True for r in first.values())
     assert (
         0.0 <= first["conll2003-ner"]["main_score"] <= 1.0 and first["conll2003-ner"]["main_metric"] == "f1"
@@ -214,7 +217,7 @@ def test_probe_shifts_for_mntp_models_and_caches(synthetic, tmp_path, monkeypatc
         raise AssertionError("cached features were re-encoded")
 
     monkeypatch.setattr(probes, "word_features", no_encoding)
-    again = probe(encoder, "conll2003-pos", synthetic, cache_dir=tmp_path / "cache")
+    again = probe(encoder, "conll2003-pos", synthetic, shift=True, cache_dir=tmp_path / "cache")
     assert again["main_score"] == first["conll2003-pos"]["main_score"]
 
 
