@@ -23,7 +23,8 @@ import torch
 
 from lm2vec import Encoder
 from lm2vec.eval.conll import IOB_COLUMNS, load_split, tag_scores
-from lm2vec.eval.probes import fit_classifier, subsample, word_features
+from lm2vec.eval.probe_classifier import fit_classifier
+from lm2vec.eval.probes import subsample, word_features
 from lm2vec.io import write_json_atomic
 
 
