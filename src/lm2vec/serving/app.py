@@ -5,8 +5,8 @@
     GET  /health          200 while serving, 503 while shutting down
     GET  /metrics         Prometheus text
 
-The transport only authenticates, reads bounded bodies, validates (server_schema), tokenizes and
-awaits the queue (serving_queue), which owns the model's single worker thread. Vectors are
+The transport only authenticates, reads bounded bodies, validates (serving/schema.py), tokenizes and
+awaits the queue (serving/queue.py), which owns the model's single worker thread. Vectors are
 L2-normalised by default because OpenAI's are unit vectors; `--no-normalize` serves raw `encode`
 output. Graceful shutdown comes from uvicorn: it stops accepting, waits for in-flight requests,
 then runs the lifespan exit, which drains and stops the worker.
