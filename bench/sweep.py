@@ -200,8 +200,8 @@ def environment() -> dict:
 
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else platform.processor()
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), platform.processor())
     versions = {name: metadata.version(name) for name in ("torch", "transformers", "peft", "lm2vec")}
     return {"cpu": cpu, "threads": torch.get_num_threads(), "versions": versions}
 

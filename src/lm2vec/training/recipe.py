@@ -257,8 +257,10 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     path = find_recipe(path)
     try:
         data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise RecipeError(f"{path} is not valid YAML: {error}") from None
+    except yaml.YAMLError as error:  # one line: where and what, not PyYAML's multi-line report
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise RecipeError(f"{path} is not valid YAML{where}: {getattr(error, 'problem', None) or error}") from None
     _check(isinstance(data, dict), f"{path}: a recipe must be a mapping with a 'stages' list")
     for assignment in overrides:
         apply_override(data, assignment)
