@@ -251,7 +251,8 @@ def _verdict(vectors) -> str:
     if lowest > highest:
         return f"[green]every paraphrase pair ({lowest:.2f} and up) ranks above every unrelated pair ({highest:.2f} at most)[/green]"
     return (f"[yellow]not there yet[/yellow]: unrelated sentences {i} and {j} ({highest:.2f}) rank above a paraphrase "
-            f"pair ({lowest:.2f}); this short run is not enough, `lm2vec train llm2vec-unsupervised` (~13 CPU minutes) is")
+            f"pair ({lowest:.2f}); this 30-step run is not enough here. Train longer: `lm2vec train uni-simcse` "
+            "(60 steps, ~8 CPU minutes, the steadiest recipe at CPU budgets; README, 'Which recipe')")
 
 
 @app.command()
