@@ -62,3 +62,13 @@ def test_unsupported_table_fails_fast(monkeypatch):
     monkeypatch.setitem(bidi.UNSUPPORTED, "llama", "custom attention kernel")
     with pytest.raises(BidirectionalError, match="'llama' cannot be made bidirectional: custom attention"):
         make_bidirectional(tiny_model("llama"))
+
+
+def test_a_saved_bidirectional_encoder_loads_causal_when_asked(tmp_path):
+    """config.json of a saved bidirectional encoder says is_causal: false; bidirectional=False must win."""
+    encoder = Encoder(tiny_model("llama"), byte_tokenizer(), EncoderConfig(bidirectional=True))
+    encoder.save_pretrained(tmp_path / "bi")
+    causal = Encoder.from_pretrained(tmp_path / "bi", bidirectional=False, device="cpu")
+    assert not causal.config.bidirectional
+    assert not is_bidirectional(causal.model), "bidirectional=False loaded a bidirectional model"
+    assert is_bidirectional(Encoder.from_pretrained(tmp_path / "bi", device="cpu").model)

@@ -82,7 +82,7 @@ def _worker(rank: int, init_file: str) -> None:
         reference = _single(lambda enc: info_nce(enc(q), enc(q + 0.1)), copy.deepcopy(encoder))
         _assert_same(_ddp_step(simcse, encoder), reference)
 
-        with pytest.raises(ValueError, match="equal local sizes"):
+        with pytest.raises(ValueError, match="equal local batch sizes"):
             distributed_info_nce(torch.randn(2 + rank, D), torch.randn(2 + rank, D))
     finally:
         dist.destroy_process_group()

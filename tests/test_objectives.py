@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from lm2vec.training.objectives.contrastive import (
+    false_negatives,
     distributed_info_nce,
     gather_with_grad,
     info_nce,
@@ -205,6 +206,45 @@ def test_info_nce_with_hard_negatives_hand_computed():
     expected = (_nll([2, 2 * R, -2, 0], 0) + _nll([0, 2 * R, 0, -2], 1)) / 2
     assert info_nce(Q, P, N, scale=2.0).item() == pytest.approx(expected, abs=1e-6)
     assert info_nce(Q, P, N[:, None], scale=2.0).item() == pytest.approx(expected, abs=1e-6)  # (B, K, D)
+
+
+def test_excluded_candidates_leave_the_softmax_as_if_absent():
+    """Query 1's candidate p2 (a duplicate of what it should find) is excluded: its term loses 2R."""
+    exclude = torch.tensor([[False, True, False, False], [False, False, False, False]])
+    expected = (_nll([2, -2, 0], 0) + _nll([0, 2 * R, 0, -2], 1)) / 2
+    assert info_nce(Q, P, N, scale=2.0, exclude=exclude).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_false_negatives_marks_repeats_of_a_querys_target_only():
+    # queries 0 and 2 share a text; positive 3 repeats positive 1; negative 0 repeats positive 2
+    q, p, n = torch.tensor([7, 8, 7, 9]), torch.tensor([10, 11, 12, 11]), torch.tensor([12, 13])
+    mask = false_negatives(q, p, n)
+    expected = torch.zeros(4, 6, dtype=torch.bool)
+    expected[0, 2] = expected[2, 0] = True  # same query text: the other's positive is a positive too
+    expected[1, 3] = expected[3, 1] = True  # same positive text
+    expected[2, 4] = True  # hard negative 0 is query 2's own positive text
+    assert torch.equal(mask, expected)
+    assert torch.equal(false_negatives(q, p, n, first=2, count=2), expected[2:])  # rank 1 of 2
+
+
+def test_supervised_batch_uses_every_hard_negative_and_keeps_triplets_without_one(tokenizer):
+    from conftest import tiny_encoder
+
+    from lm2vec.data.triplets import Triplet
+    from lm2vec.training.objectives import SupervisedTask
+    from lm2vec.training.recipe import StageConfig
+
+    triplets = [Triplet("q one", "p one", ["n1", "n2"]), Triplet("q two", "p two", []), Triplet("q one", "p3", ["n3"])]
+    encoder = tiny_encoder()
+    task = SupervisedTask(StageConfig(objective="supervised", data="x"), encoder)
+    batch = task.collate(triplets, torch.Generator())
+    assert batch["negative"]["input_ids"].shape[0] == 3  # n1, n2, n3
+    assert task.stage.scale == 50.0 and task.stage.attention_dropout == 0.0  # llm2vec's supervised defaults
+    with torch.no_grad():
+        masked = task.loss(batch).item()
+        task.stage.mask_duplicates = False
+        plain = task.loss(batch).item()
+    assert masked != pytest.approx(plain)  # rows 0 and 2 share a query: masking changes the loss
 
 
 def test_info_nce_from_scores_and_single_process_fallbacks():

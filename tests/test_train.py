@@ -157,3 +157,31 @@ def test_recipe_validation(tmp_path):
     path.write_text("stages: [unclosed\n")
     with pytest.raises(RecipeError, match="not valid YAML"):
         load_recipe(path)
+
+
+def test_contrastive_grad_accum_is_refused_and_points_to_gradcache():
+    with pytest.raises(RecipeError, match="grad_accum does not enlarge the pool of in-batch negatives"):
+        StageConfig(objective="simcse", data="x", batch_size=8, grad_accum=2)
+    with pytest.raises(RecipeError, match="mini_batch_size needs a contrastive objective"):
+        StageConfig(objective="mntp", data="x", mini_batch_size=2)
+    with pytest.raises(RecipeError, match="mini_batch_size"):
+        StageConfig(objective="simcse", data="x", batch_size=4, mini_batch_size=8)
+    StageConfig(objective="mntp", data="x", grad_accum=4)  # MNTP has no in-batch negatives: accumulation is exact
+
+
+def test_a_gradcache_stage_trains_exactly_like_the_full_batch_stage(model_dir, triplets, tmp_path):
+    """Without dropout (attention or LoRA) the chunking is the only difference: the loss curves must agree."""
+    stage = dict(max_steps=4, batch_size=8, attention_dropout=0.0, precision="fp32", lora={"dropout": 0.0})
+    plain = _run(model_dir, _stage("supervised", triplets, **stage), tmp_path / "plain")
+    cached = _run(model_dir, _stage("supervised", triplets, mini_batch_size=3, **stage), tmp_path / "cached")
+    assert cached == pytest.approx(plain, abs=1e-5) and plain[-1] < plain[0]
+
+
+def test_fp16_training_scales_the_loss(model_dir, corpus, tmp_path):
+    stage = _stage("simcse", corpus, max_steps=2, precision="fp16")
+    recipe = Recipe(stages=[stage], model=str(model_dir), max_length=32)
+    runner = StageRunner(recipe, stage, str(model_dir), tmp_path / "stage", tmp_path / "encoder", device="cpu")
+    runner.setup()
+    assert runner.scaler.is_enabled()
+    loss, _, _ = runner.train_step(0)
+    assert runner.scaler.get_scale() > 1.0 and 0 < loss < 10  # scaled for backward, reported unscaled

@@ -50,6 +50,23 @@ def set_causal(model: nn.Module, causal: bool) -> nn.Module:
     return model
 
 
+def was_made_bidirectional(model: nn.Module) -> bool:
+    """True if the config carries our switch turned off (a folder saved by a bidirectional encoder says
+    `is_causal: false`); a native causal config has no `is_causal` at all."""
+    for config in _configs(model):
+        flags = EXTRA_CONFIG_FLAGS.get(config.model_type, {})
+        if getattr(config, "is_causal", None) is False or any(getattr(config, k, None) is True for k in flags):
+            return True
+    return False
+
+
+def make_causal(model: nn.Module) -> nn.Module:
+    """Undo `make_bidirectional` (e.g. a saved bidirectional folder loaded with bidirectional=False)."""
+    if was_made_bidirectional(model):
+        set_causal(model, True)
+    return model
+
+
 def make_bidirectional(model: nn.Module, verify: bool = True) -> nn.Module:
     """Make every attention layer of `model` attend in both directions; verify with a forward pass."""
     model_type = model.config.model_type

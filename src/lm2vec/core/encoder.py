@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lm2vec.core.batching import pad_batch, plan_batches
-from lm2vec.core.bidirectional import make_bidirectional
+from lm2vec.core.bidirectional import make_bidirectional, make_causal
 from lm2vec.core.models import resolve_model_path
 from lm2vec.core.pooling import check_pooling_mode, pool
 from lm2vec.core.tokenization import DEFAULT_TEMPLATE, TokenizedText, format_prefix, tokenize_with_instruction
@@ -124,6 +124,8 @@ class Encoder(nn.Module):
         self.name_or_path = getattr(model, "name_or_path", "") or ""
         if self.config.bidirectional:
             make_bidirectional(self.model)
+        else:
+            make_causal(self.model)  # a saved bidirectional folder's config says is_causal: false
         self._accepts_positions = "position_ids" in inspect.signature(self._forward_target().forward).parameters
         self._fingerprint: str | None = None
 

@@ -16,7 +16,7 @@ import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from lm2vec.io import replace_dir, staging_dir
+from lm2vec.io import replace_dir, staging_dir, write_json_atomic, write_safetensors_atomic
 
 logger = logging.getLogger(__name__)
 STATE = "state.json"
@@ -93,3 +93,36 @@ def prune_checkpoints(directory: Path, keep: int) -> None:
     complete = [p for p in sorted(directory.glob("step-*")) if is_complete(p)]
     for path in complete[:-keep]:
         shutil.rmtree(path, ignore_errors=True)
+
+
+class BestKeeper:
+    """The trainable (LoRA) weights of the best dev score so far, on disk so that a resumed run keeps them."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        info = directory / "best.json"
+        state = json.loads(info.read_text()) if info.is_file() else {}
+        self.step, self.score = state.get("step"), state.get("score")
+
+    def offer(self, step: int, score: float, model) -> bool:
+        """Keep `model`'s adapter weights if `score` beats the best so far; True if kept."""
+        if self.score is not None and score <= self.score:
+            return False
+        tensors = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+        self.directory.mkdir(parents=True, exist_ok=True)
+        write_safetensors_atomic(self.directory / "adapter.safetensors", tensors)
+        write_json_atomic(self.directory / "best.json", {"step": step, "score": score})
+        self.step, self.score = step, score
+        return True
+
+    def restore(self, model) -> None:
+        set_peft_model_state_dict(model, load_file(self.directory / "adapter.safetensors"))
+
+    def forget_after(self, step: int) -> None:
+        """A resumed run replays the steps after its checkpoint: a best found there is found again."""
+        if self.step is not None and self.step > step:
+            self.clear()
+
+    def clear(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+        self.step = self.score = None

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 import warnings
 from dataclasses import asdict
@@ -27,9 +26,9 @@ from tqdm.auto import tqdm
 from lm2vec.core.distributed import barrier, init_distributed, process_device
 from lm2vec.core.encoder import Encoder, EncoderConfig, checkpoint_errors, default_device, load_saved_config
 from lm2vec.core.models import resolve_model_path
-from lm2vec.io import write_json_atomic, write_safetensors_atomic
 from lm2vec.training import checkpoint as ckpt
 from lm2vec.training.dev_eval import DevEvaluator
+from lm2vec.training.gradcache import cached_backward
 from lm2vec.training.lora import attach_lora, merge_lora, trainable_parameters
 from lm2vec.training.objectives import OBJECTIVES
 from lm2vec.training.objectives.simcse import restore_dropout, set_dropout
@@ -94,9 +93,13 @@ def batch_indices(n: int, step: int, micro: int, stage: StageConfig, rank: int, 
     return out
 
 
+def step_seed(stage: StageConfig, step: int, rank: int = 0) -> int:
+    return (stage.seed * 1_000_003 + step * 7919 + rank) % (2**63)
+
+
 def step_generator(stage: StageConfig, step: int, rank: int) -> torch.Generator:
     """Seed the global RNG (dropout) and return a generator (masking) for this step and process."""
-    seed = (stage.seed * 1_000_003 + step * 7919 + rank) % (2**63)
+    seed = step_seed(stage, step, rank)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed + 1)
 
@@ -150,7 +153,7 @@ class StageRunner:
         self.device = device or process_device() or default_device()
         self.precision = resolve_precision(stage.precision, self.device)
         self.order_cache: dict = {}
-        self.best = BestKeeper(out_dir / "best")
+        self.best = ckpt.BestKeeper(out_dir / "best")
 
     def setup(self) -> None:
         stage = self.stage
@@ -168,6 +171,8 @@ class StageRunner:
         self.params = trainable_parameters(self.peft)
         self.optimizer = torch.optim.AdamW(self.params, lr=stage.lr, weight_decay=stage.weight_decay)
         self.scheduler = linear_schedule(self.optimizer, stage.warmup_steps, stage.max_steps)
+        # fp16 gradients underflow without loss scaling; every other precision runs it disabled (a no-op)
+        self.scaler = torch.amp.GradScaler(self.encoder.device.type, enabled=self.precision == "fp16")
         self.dev = DevEvaluator(self.encoder, stage.eval_data, stage.eval_limit, stage.eval_instruction,
                                 max_length=self.recipe.max_length) if stage.eval_every and self.rank == 0 else None
         self.peft.train()
@@ -195,12 +200,19 @@ class StageRunner:
             batch = self.task.collate([self.examples[i] for i in indices], generator)
             tokens, padded = tokens + _count_tokens(batch), padded + _count_tokens(batch, padded=True)
             with autocast_context(self.precision, self.encoder.device):
-                loss = self.task.loss(batch) / stage.grad_accum
-            loss.backward()
-            total += loss.item()
+                if stage.mini_batch_size:  # GradCache: the whole batch's negatives, a mini-batch's memory
+                    loss = cached_backward(self.encoder.embed, self.task.embedding_sides(batch),
+                                           lambda e, b=batch: self.scaler.scale(self.task.loss_from_embeddings(e, b)),
+                                           stage.mini_batch_size, step_seed(stage, step), self.rank)
+                else:
+                    loss = self.scaler.scale(self.task.loss(batch) / stage.grad_accum)
+                    loss.backward()
+            total += loss.item() / self.scaler.get_scale() if self.scaler.is_enabled() else loss.item()
         average_gradients(self.params, self.world)
+        self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # skips the step if fp16 gradients overflowed
+        self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return total, tokens, padded
@@ -310,44 +322,6 @@ class StageRunner:
         self.encoder.tokenizer.save_pretrained(adapter_dir)
         config = {**asdict(self.encoder.config), "base_model": str(Path(resolve_model_path(self.model_path)).resolve())}
         (adapter_dir / "lm2vec_config.json").write_text(json.dumps(config, indent=2) + "\n")
-
-
-class BestKeeper:
-    """The trainable (LoRA) weights of the best dev score so far, on disk so that a resumed run keeps them."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        info = directory / "best.json"
-        state = json.loads(info.read_text()) if info.is_file() else {}
-        self.step, self.score = state.get("step"), state.get("score")
-
-    def offer(self, step: int, score: float, model) -> bool:
-        """Keep `model`'s adapter weights if `score` beats the best so far; True if kept."""
-        if self.score is not None and score <= self.score:
-            return False
-        from peft import get_peft_model_state_dict
-
-        tensors = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
-        self.directory.mkdir(parents=True, exist_ok=True)
-        write_safetensors_atomic(self.directory / "adapter.safetensors", tensors)
-        write_json_atomic(self.directory / "best.json", {"step": step, "score": score})
-        self.step, self.score = step, score
-        return True
-
-    def restore(self, model) -> None:
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        set_peft_model_state_dict(model, load_file(self.directory / "adapter.safetensors"))
-
-    def forget_after(self, step: int) -> None:
-        """A resumed run replays the steps after its checkpoint: a best found there is found again."""
-        if self.step is not None and self.step > step:
-            self.clear()
-
-    def clear(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
-        self.step = self.score = None
 
 
 def _count_tokens(batch: dict, padded: bool = False) -> int:

@@ -25,6 +25,12 @@ OBJECTIVE_NAMES = ("mntp", "simcse", "supervised")  # their classes: training/ob
 # bf16-autocast / fp16: float32 weights under torch.autocast. no / fp32: float32 throughout.
 PRECISIONS = ("auto", "no", "fp32", "bf16", "bf16-autocast", "fp16")
 
+# Per-objective defaults of llm2vec's code (experiments/run_simcse.py, run_supervised.py): SimCSE sets
+# attention dropout 0.3 (simcse_dropout) and loss_scale 20; supervised keeps the model's dropout (0 for
+# Llama-style decoders) and loss_scale 50.
+PAPER_DEFAULTS = {"simcse": {"attention_dropout": 0.3, "scale": 20.0},
+                  "supervised": {"attention_dropout": 0.0, "scale": 50.0}}
+
 BUILTIN_RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
@@ -71,10 +77,13 @@ class StageConfig:
     mask_rate: float = 0.2
     mask_strategy: str = "80-10-10"
     mask_token: str = "_"
-    # SimCSE / supervised
-    attention_dropout: float = 0.3
+    # SimCSE / supervised. None: the paper's value for the objective (llm2vec's code): SimCSE attention
+    # dropout 0.3 and scale 20 (temperature 0.05); supervised no extra dropout and scale 50 (loss_scale)
+    attention_dropout: float | None = None
     hidden_dropout: float | None = None
-    scale: float = 20.0  # 1 / temperature (0.05)
+    scale: float | None = None  # 1 / temperature
+    mini_batch_size: int | None = None  # GradCache: embed the batch this many rows at a time (memory bound)
+    mask_duplicates: bool = True  # supervised: a repeat of a query's positive text is no negative for it
     instruction: str | None = None  # supervised: for queries without their own; simcse: on every text
     symmetric: bool = False  # supervised: instruction on both sides
     use_instructions: bool = True  # supervised: false trains plain text on both sides (SBERT / SimCSE style)
@@ -97,6 +106,10 @@ class StageConfig:
 
     def __post_init__(self) -> None:
         self.name = self.name or self.objective
+        paper = PAPER_DEFAULTS.get(self.objective, {})
+        for key in ("attention_dropout", "scale"):
+            if getattr(self, key) is None:
+                setattr(self, key, paper.get(key, 0.0 if key == "attention_dropout" else 20.0))
         if isinstance(self.lora, dict):
             self.lora = _build(LoraSettings, self.lora, f"stage {self.name!r}: lora")
         _check(self.objective in OBJECTIVE_NAMES, f"objective must be one of {OBJECTIVE_NAMES}, got {self.objective!r}")
@@ -112,6 +125,14 @@ class StageConfig:
         _check(self.scale > 0, f"stage {self.name!r}: scale must be > 0")
         _check(self.text_unit in ("line", "paragraph", "sentence"), f"stage {self.name!r}: bad text_unit")
         _check(self.objective != "simcse" or self.batch_size >= 2, "simcse needs batch_size >= 2 (in-batch negatives)")
+        contrastive = self.objective in ("simcse", "supervised")
+        _check(not (contrastive and self.grad_accum > 1),
+               f"stage {self.name!r}: grad_accum does not enlarge the pool of in-batch negatives of a contrastive "
+               "loss (each micro-batch would get its own); set batch_size to the contrastive batch and "
+               "mini_batch_size to what fits in memory (GradCache)")
+        _check(self.mini_batch_size is None or (contrastive and 1 <= self.mini_batch_size <= self.batch_size),
+               f"stage {self.name!r}: mini_batch_size needs a contrastive objective and 1 <= mini_batch_size "
+               f"<= batch_size, got {self.mini_batch_size}")
         _check(self.eval_every >= 0, f"stage {self.name!r}: eval_every must be >= 0, got {self.eval_every}")
         _check(not self.eval_every or bool(self.eval_data), f"stage {self.name!r}: eval_every needs eval_data")
         _check(not self.keep_best or self.eval_every > 0, f"stage {self.name!r}: keep_best needs eval_every > 0")

@@ -35,6 +35,23 @@ class Objective(Protocol):
         """The scalar loss of one batch (on this process; contrastive losses gather across processes)."""
 
 
+@runtime_checkable
+class ContrastiveObjective(Objective, Protocol):
+    """A loss over pooled embeddings only, split so that GradCache (training/gradcache.py) can embed
+    the batch in chunks: `loss(batch) == loss_from_embeddings({name: embed(side) for name, side in sides}, batch)`."""
+
+    def embedding_sides(self, batch: dict[str, Any]) -> list[tuple[str, dict[str, torch.Tensor]]]:
+        """(name, collated texts) in the order they are embedded; the same texts may appear twice (SimCSE)."""
+
+    def loss_from_embeddings(self, embeddings: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
+        """The loss from every side's (rows, D) embeddings of this process (and the batch's other fields)."""
+
+
+def embed_sides(embed, sides: list[tuple[str, dict[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:
+    """Each side embedded in one pass, in order (so dropout draws come in the order they always did)."""
+    return {name: embed(side) for name, side in sides}
+
+
 def sources(data: str | list[str]) -> list[str]:
     return [data] if isinstance(data, str) else list(data)
 

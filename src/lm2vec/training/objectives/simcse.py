@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from lm2vec.core.encoder import Encoder
-from lm2vec.training.objectives.base import load_corpus
+from lm2vec.training.objectives.base import embed_sides, load_corpus
 from lm2vec.training.objectives.contrastive import distributed_info_nce
 from lm2vec.training.recipe import StageConfig
 
@@ -118,5 +118,11 @@ class SimCSETask:
         """Both views share one batch; `instruction` (attended, not pooled) trains for instructed use."""
         return self.encoder.collate(self.encoder.tokenize([(self.stage.instruction, t) for t in texts]))
 
+    def embedding_sides(self, batch: dict[str, torch.Tensor]) -> list[tuple[str, dict[str, torch.Tensor]]]:
+        return [("view1", batch), ("view2", batch)]  # the same texts twice: only dropout tells them apart
+
+    def loss_from_embeddings(self, embeddings: dict[str, torch.Tensor], batch=None) -> torch.Tensor:
+        return distributed_info_nce(embeddings["view1"], embeddings["view2"], scale=self.stage.scale)
+
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return simcse_loss(self.encoder.embed, batch, scale=self.stage.scale)
+        return self.loss_from_embeddings(embed_sides(self.encoder.embed, self.embedding_sides(batch)), batch)
