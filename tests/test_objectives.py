@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from lm2vec.training.objectives.contrastive import (
-    false_negatives,
     distributed_info_nce,
+    false_negatives,
     gather_with_grad,
     info_nce,
     info_nce_from_scores,
