@@ -306,3 +306,40 @@ def test_simcse_loss_on_tiny_llama_backpropagates():
     loss.backward()
     assert loss.item() > 0
     assert model.model.embed_tokens.weight.grad.abs().sum() > 0
+
+
+def _sentencepiece_tokenizer():
+    """A Metaspace (SentencePiece-style) tokenizer where "_" is a vocabulary token but tokenizer("_") is "▁" "_"."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "▁": 3, "_": 4, **{c: 5 + i for i, c in enumerate("abcdefgh")}}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+def test_mntp_mask_token_is_the_vocabulary_entry_on_sentencepiece_tokenizers():
+    from conftest import tiny_model
+
+    from lm2vec import Encoder, EncoderConfig
+    from lm2vec.training.objectives import MNTPTask
+    from lm2vec.training.recipe import StageConfig
+
+    tokenizer = _sentencepiece_tokenizer()
+    assert tokenizer("_", add_special_tokens=False)["input_ids"] == [3, 4]  # "▁" "_": the old check refused it
+    encoder = Encoder(tiny_model("llama"), tokenizer, EncoderConfig())
+    task = MNTPTask(StageConfig(objective="mntp", data="x", mask_token="_"), encoder, lm_head=None)
+    assert task.mask_id == 4
+    # config.vocab_size is 300, the tokenizer has 13 tokens: replacements come from its 10 non-special ones
+    assert task.vocab.tolist() == list(range(3, 13))
+    with pytest.raises(ValueError, match="not in this tokenizer's vocabulary"):
+        MNTPTask(StageConfig(objective="mntp", data="x", mask_token="[MASK]"), encoder, lm_head=None)
+
+
+def test_random_replacements_come_only_from_the_given_ids():
+    ids, mask, _ = _batch("right", rows=64, length=12)
+    allowed = torch.tensor([50, 51, 52])
+    masked, labels = mask_tokens(ids, mask, MASK, allowed, rate=0.9, generator=torch.Generator().manual_seed(0))
+    replaced = (labels != -100) & (masked != MASK) & (masked != ids)
+    assert replaced.sum() > 10 and set(masked[replaced].tolist()) <= {50, 51, 52}

@@ -59,6 +59,19 @@ def test_training_lowers_the_loss(objective, model_dir, corpus, triplets, tmp_pa
     assert encoder.encode(["a cat"]).shape == (1, 64)
 
 
+def test_simcse_views_really_differ_during_training(model_dir, corpus, tmp_path):
+    """SimCSE learns nothing if both views are equal (dropout off): the loop's model must differ per call."""
+    stage = _stage("simcse", corpus, attention_dropout=0.3)
+    recipe = Recipe(stages=[stage], model=str(model_dir), max_length=32)
+    runner = StageRunner(recipe, stage, str(model_dir), tmp_path / "stage", tmp_path / "encoder", device="cpu")
+    runner.setup()
+    batch = runner.task.collate(SENTENCES[:4], torch.Generator())
+    (_, first), (_, second) = runner.task.embedding_sides(batch)
+    with torch.no_grad():
+        view1, view2 = runner.encoder.embed(first), runner.encoder.embed(second)
+    assert (view1 - view2).abs().max() > 1e-4
+
+
 def test_kill_and_resume_ends_with_the_same_weights(model_dir, corpus, tmp_path, monkeypatch):
     stage = _stage("simcse", corpus, max_steps=6, save_every=2)
     _run(model_dir, stage, tmp_path / "straight")
@@ -185,3 +198,30 @@ def test_fp16_training_scales_the_loss(model_dir, corpus, tmp_path):
     assert runner.scaler.is_enabled()
     loss, _, _ = runner.train_step(0)
     assert runner.scaler.get_scale() > 1.0 and 0 < loss < 10  # scaled for backward, reported unscaled
+
+
+def test_mntp_after_an_earlier_stage_keeps_an_untied_lm_head(tmp_path):
+    """Stages save the backbone only; a model whose LM head is not tied to its embeddings must not start
+    MNTP from a freshly initialised head."""
+    from conftest import byte_tokenizer, tiny_config
+    from transformers import AutoModelForCausalLM
+
+    from lm2vec import EncoderConfig
+    from lm2vec.training.loop import load_stage_encoder
+
+    config = tiny_config("llama")
+    config.tie_word_embeddings = False
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(config)
+    base.save_pretrained(tmp_path / "base")
+    byte_tokenizer().save_pretrained(tmp_path / "base")
+    Encoder(base.model, byte_tokenizer(), EncoderConfig()).save_pretrained(tmp_path / "stage1")  # backbone only
+    stage = StageConfig(objective="mntp", data="x")
+    recipe = Recipe(stages=[stage], model=str(tmp_path / "base"))
+    _, head = load_stage_encoder(str(tmp_path / "stage1"), stage, recipe, "cpu")
+    assert torch.equal(head.weight, base.lm_head.weight)
+
+
+def test_merge_false_is_refused_instead_of_ignored():
+    with pytest.raises(RecipeError, match="merge: false is not supported"):
+        StageConfig(objective="mntp", data="x", merge=False)

@@ -127,8 +127,9 @@ def load_stage_encoder(model_path: str, stage: StageConfig, recipe: Recipe, devi
     with checkpoint_errors(path):
         tokenizer = AutoTokenizer.from_pretrained(path)
         if stage.objective == "mntp":
-            full = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+            full, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True)
             backbone, lm_head = full.base_model, full.get_output_embeddings()
+            _restore_untied_head(lm_head, info["missing_keys"], recipe.model, dtype)
             lm_head.requires_grad_(False)
         else:
             backbone = AutoModel.from_pretrained(path, dtype=dtype)
@@ -139,6 +140,20 @@ def load_stage_encoder(model_path: str, stage: StageConfig, recipe: Recipe, devi
     if lm_head is not None:
         lm_head.to(device)
     return encoder, lm_head
+
+
+def _restore_untied_head(lm_head: torch.nn.Module, missing: list[str], base: str, dtype: torch.dtype) -> None:
+    """An lm2vec stage saves the backbone only; a model with an untied LM head (one not shared with the
+    input embeddings) then loads a freshly initialised head. No stage trains the head, so the recipe's
+    base model holds the right one: copy it in."""
+    if not any(key.endswith("weight") and "lm_head" in key for key in missing) and not any(
+            "output_embeddings" in key for key in missing):
+        return
+    from transformers import AutoModelForCausalLM
+
+    original = AutoModelForCausalLM.from_pretrained(resolve_model_path(base), dtype=dtype).get_output_embeddings()
+    lm_head.load_state_dict(original.state_dict())
+    logger.info("MNTP: LM head taken from %s (the previous stage saved the backbone only)", base)
 
 
 # ---- the loop ------------------------------------------------------------------------------------

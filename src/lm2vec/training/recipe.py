@@ -116,6 +116,8 @@ class StageConfig:
         _check(bool(self.data), f"stage {self.name!r}: data is required")
         for key in ("max_steps", "batch_size", "grad_accum", "max_length", "save_every", "keep_checkpoints"):
             _check(getattr(self, key) >= 1, f"stage {self.name!r}: {key} must be >= 1, got {getattr(self, key)}")
+        _check(self.merge, f"stage {self.name!r}: merge: false is not supported: every stage's adapter is merged "
+               "into the weights before the next stage starts (as LLM2Vec does); remove the key")
         _check(self.lr > 0, f"stage {self.name!r}: lr must be > 0, got {self.lr}")
         _check(0 <= self.warmup_steps <= self.max_steps, f"stage {self.name!r}: warmup_steps must be in [0, max_steps]")
         _check(0 < self.mask_rate < 1, f"stage {self.name!r}: mask_rate must be in (0, 1), got {self.mask_rate}")

@@ -24,11 +24,19 @@ logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100  # ignored by F.cross_entropy, as in Hugging Face labels
 
 
+def replacement_ids(tokenizer, model_vocab_size: int) -> torch.Tensor:
+    """Ids a random replacement may take: the tokenizer's real, non-special tokens. `config.vocab_size`
+    is often padded past the tokenizer (rows that were never trained), so it is not the range to draw from."""
+    specials = set(tokenizer.all_special_ids)
+    ids = sorted(i for i in tokenizer.get_vocab().values() if i < model_vocab_size and i not in specials)
+    return torch.tensor(ids, dtype=torch.long)
+
+
 def mask_tokens(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     mask_token_id: int,
-    vocab_size: int,
+    vocab_size: int | torch.Tensor,
     rate: float = 0.2,
     strategy: str = "80-10-10",
     special_token_ids: Sequence[int] = (),
@@ -43,6 +51,7 @@ def mask_tokens(
     strategy "all-mask" (LLM2Vec used rate 0.8 all-mask for Mistral): every selected -> mask token.
     Selection is Bernoulli per token, as in Hugging Face's MLM collator that LLM2Vec used; `generator`
     must live on input_ids' device. Llama-style tokenizers have no mask token; LLM2Vec used "_".
+    `vocab_size`: an int draws random ids from range(vocab_size); a tensor draws from its ids.
     """
     if strategy not in ("80-10-10", "all-mask"):
         raise ValueError(f"unknown masking strategy {strategy!r}; use '80-10-10' or 'all-mask'")
@@ -60,9 +69,13 @@ def mask_tokens(
     if strategy == "all-mask":
         return torch.where(selected, mask_token_id, input_ids), labels
     u = rand()  # one draw decides mask / random / keep, so the three cases are disjoint
-    random_ids = torch.randint(
-        vocab_size, input_ids.shape, generator=generator, device=input_ids.device, dtype=input_ids.dtype
-    )
+    if isinstance(vocab_size, torch.Tensor):  # draw from these ids (see `replacement_ids`)
+        picks = torch.randint(len(vocab_size), input_ids.shape, generator=generator, device=input_ids.device)
+        random_ids = vocab_size.to(input_ids.device)[picks].to(input_ids.dtype)
+    else:
+        random_ids = torch.randint(
+            vocab_size, input_ids.shape, generator=generator, device=input_ids.device, dtype=input_ids.dtype
+        )
     masked_ids = torch.where(selected & (u < 0.8), mask_token_id, input_ids)
     masked_ids = torch.where(selected & (u >= 0.8) & (u < 0.9), random_ids, masked_ids)
     return masked_ids, labels
@@ -132,12 +145,13 @@ class MNTPTask:
     def __init__(self, stage: StageConfig, encoder: Encoder, lm_head: torch.nn.Module) -> None:
         self.stage, self.encoder, self.lm_head = stage, encoder, lm_head
         tokenizer = encoder.tokenizer
+        # The vocabulary entry itself, as llm2vec does: on SentencePiece tokenizers tokenizer("_") gives "▁_",
+        # yet "_" is a token of its own.
         self.mask_id = tokenizer.convert_tokens_to_ids(stage.mask_token)
-        ids = tokenizer(stage.mask_token, add_special_tokens=False)["input_ids"]
-        if self.mask_id is None or self.mask_id == tokenizer.unk_token_id or ids != [self.mask_id]:
-            raise ValueError(f"mask_token {stage.mask_token!r} is not a single token of this tokenizer")
+        if self.mask_id is None or self.mask_id == tokenizer.unk_token_id:
+            raise ValueError(f"mask_token {stage.mask_token!r} is not in this tokenizer's vocabulary")
         self.specials = tokenizer.all_special_ids
-        self.vocab = encoder.model.config.get_text_config().vocab_size
+        self.vocab = replacement_ids(tokenizer, encoder.model.config.get_text_config().vocab_size)
         self.softcap = getattr(encoder.model.config.get_text_config(), "final_logit_softcapping", None)
 
     def load_examples(self) -> list[list[int]]:
