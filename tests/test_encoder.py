@@ -156,3 +156,13 @@ def test_causal_encoder_stays_causal():
     model = tiny_model("llama")
     Encoder(model, byte_tokenizer(), EncoderConfig(bidirectional=False))
     assert getattr(model.config, "is_causal", True) is not False
+
+
+def test_batched_tokenization_equals_each_text_on_its_own():
+    from lm2vec.core.tokenization import tokenize_batch
+
+    items = [(None, "plain text"), ("Retrieve:", "with an instruction"), (None, "x" * 80), ("Find:", "short")]
+    tokenizer = byte_tokenizer()
+    batched = tokenize_batch(tokenizer, items, 40)
+    assert batched == [tokenize_batch(tokenizer, [item], 40)[0] for item in items]
+    assert batched[1].skip > 1 and batched[2].truncated and not batched[0].truncated

@@ -28,7 +28,7 @@ from lm2vec.core.batching import pad_batch, plan_batches
 from lm2vec.core.bidirectional import make_bidirectional, make_causal
 from lm2vec.core.models import resolve_model_path
 from lm2vec.core.pooling import check_pooling_mode, pool
-from lm2vec.core.tokenization import DEFAULT_TEMPLATE, TokenizedText, format_prefix, tokenize_with_instruction
+from lm2vec.core.tokenization import DEFAULT_TEMPLATE, TokenizedText, format_prefix, tokenize_batch
 from lm2vec.io import replace_dir, staging_dir
 
 logger = logging.getLogger(__name__)
@@ -196,8 +196,9 @@ class Encoder(nn.Module):
     def tokenize(self, items: list[tuple[str | None, str]]) -> list[TokenizedText]:
         """Token ids per text, with how many instruction tokens pooling must skip."""
         c = self.config
-        return [tokenize_with_instruction(self.tokenizer, t, i, c.max_length, c.instruction_template,
-                                          c.pool_leading_specials) for i, t in items]
+        if not items:
+            return []
+        return tokenize_batch(self.tokenizer, items, c.max_length, c.instruction_template, c.pool_leading_specials)
 
     def collate(self, tokenized: list[TokenizedText], padding_side: str | None = None) -> dict[str, torch.Tensor]:
         """Pad tokenized texts into model-ready tensors (see batching.pad_batch)."""

@@ -68,24 +68,35 @@ def tokenize_with_instruction(
     template: str = DEFAULT_TEMPLATE,
     pool_leading_specials: bool = False,
 ) -> TokenizedText:
-    """Tokenize `prefix + text`, report how many leading tokens pooling skips and whether it truncated.
+    """One text: `tokenize_batch` of a single (instruction, text) pair."""
+    return tokenize_batch(tokenizer, [(instruction, text)], max_length, template, pool_leading_specials)[0]
+
+
+def tokenize_batch(
+    tokenizer,
+    items: list[tuple[str | None, str]],
+    max_length: int,
+    template: str = DEFAULT_TEMPLATE,
+    pool_leading_specials: bool = False,
+) -> list[TokenizedText]:
+    """Tokenize each `prefix + text` in one tokenizer call (a fast tokenizer then works through the list
+    in Rust, not one Python call per text); report how many leading tokens pooling skips and whether it
+    truncated.
 
     Leading special tokens (a BOS) are attended to but, like the instruction, not pooled unless
     `pool_leading_specials`: LLM2Vec pools the text's own tokens only, and a BOS state is an attention
     sink with outsized activations that would dominate a mean. (BERT-style encoders, whose
     sentence-transformers pooling includes [CLS], set it to True.)"""
-    prefix = format_prefix(instruction, template)
-    enc = tokenizer(
-        prefix + text,
-        add_special_tokens=True,
-        return_offsets_mapping=bool(prefix),
-        return_special_tokens_mask=True,
-        truncation=False,
-    )
-    ids = enc["input_ids"]
-    skip = _count_prefix_tokens(enc["offset_mapping"], len(prefix)) if prefix else 0
-    if not pool_leading_specials:
-        skip = max(skip, _leading_specials(enc["special_tokens_mask"]))
-    kept = truncate(ids, enc["special_tokens_mask"], max_length)
-    skip = min(skip, len(kept) - 1)  # always pool at least one token
-    return TokenizedText(ids=kept, skip=skip, truncated=len(kept) < len(ids))
+    prefixes = [format_prefix(instruction, template) for instruction, _ in items]
+    offsets = any(prefixes)  # offsets are only needed to find where an instruction ends
+    enc = tokenizer([prefix + text for prefix, (_, text) in zip(prefixes, items)], add_special_tokens=True,
+                    return_offsets_mapping=offsets, return_special_tokens_mask=True, truncation=False)
+    out = []
+    for row, prefix in enumerate(prefixes):
+        ids, specials = enc["input_ids"][row], enc["special_tokens_mask"][row]
+        skip = _count_prefix_tokens(enc["offset_mapping"][row], len(prefix)) if prefix else 0
+        if not pool_leading_specials:
+            skip = max(skip, _leading_specials(specials))
+        kept = truncate(ids, specials, max_length)
+        out.append(TokenizedText(ids=kept, skip=min(skip, len(kept) - 1), truncated=len(kept) < len(ids)))
+    return out
