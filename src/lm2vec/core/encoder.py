@@ -124,8 +124,6 @@ class Encoder(nn.Module):
         self.name_or_path = getattr(model, "name_or_path", "") or ""
         if self.config.bidirectional:
             make_bidirectional(self.model)
-        else:
-            make_causal(self.model)  # a saved bidirectional folder's config says is_causal: false
         self._accepts_positions = "position_ids" in inspect.signature(self._forward_target().forward).parameters
         self._fingerprint: str | None = None
 
@@ -165,6 +163,8 @@ class Encoder(nn.Module):
             with checkpoint_errors(path):
                 model = load_adapter(model, path, merge=merge_adapter)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if not config.bidirectional:
+            make_causal(model)  # a saved bidirectional folder's config.json says is_causal: false
         model.to(device).eval()
         encoder = cls(model, tokenizer, config)
         encoder.name_or_path = str(name_or_path)
