@@ -146,8 +146,7 @@ def _restore_untied_head(lm_head: torch.nn.Module, missing: list[str], base: str
     """An lm2vec stage saves the backbone only; a model with an untied LM head (one not shared with the
     input embeddings) then loads a freshly initialised head. No stage trains the head, so the recipe's
     base model holds the right one: copy it in."""
-    if not any(key.endswith("weight") and "lm_head" in key for key in missing) and not any(
-            "output_embeddings" in key for key in missing):
+    if not any("lm_head" in key for key in missing):
         return
     from transformers import AutoModelForCausalLM
 
