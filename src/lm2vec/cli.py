@@ -252,7 +252,7 @@ def _verdict(vectors) -> str:
         return f"[green]every paraphrase pair ({lowest:.2f} and up) ranks above every unrelated pair ({highest:.2f} at most)[/green]"
     return (f"[yellow]not there yet[/yellow]: unrelated sentences {i} and {j} ({highest:.2f}) rank above a paraphrase "
             f"pair ({lowest:.2f}); this 30-step run is not enough here. Train longer: `lm2vec train uni-simcse` "
-            "(60 steps, ~8 CPU minutes, the steadiest recipe at CPU budgets; README, 'Which recipe')")
+            "(150 SimCSE steps, ~15 CPU minutes; README, 'Which recipe')")
 
 
 @app.command()
