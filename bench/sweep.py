@@ -14,16 +14,19 @@ Writes bench/results/sweep-<profile>-<date>.json, .md and -dev-curves.png.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import fcntl
 import hashlib
 import json
 import platform
+import random
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from lm2vec.io import write_json_atomic
-from lm2vec.training.loop import train
+from lm2vec.training.loop import DONE, StageRunner, train
 from lm2vec.training.recipe import Recipe, StageConfig
 
 # MNTP as the issue measured it (100 x 8 x 128, lr 5e-4) and SimCSE at the SimCSE paper's Wiki1M length.
@@ -42,6 +45,11 @@ def _with(base: dict, **changes) -> dict:
 
 
 SIMCSE_LONG = _with(SIMCSE, max_steps=150, warmup_steps=10, eval_every=15)
+SIMCSE_450 = _with(SIMCSE, max_steps=450, warmup_steps=30, eval_every=45)
+MNTP_300 = _with(MNTP, max_steps=300, warmup_steps=30, eval_every=100)
+# SimCSE on document-length texts: Wikipedia lead paragraphs (builtin corpus) cut at 128 tokens
+PARAGRAPHS = dict(data="builtin:wiki-leads", text_unit="paragraph", max_length=128)
+STS_INSTRUCTION = "Retrieve semantically similar text:"  # LLM2Vec's instruction for STS tasks
 
 
 TINY = dict(max_steps=2, batch_size=4, max_length=16, eval_every=1, warmup_steps=0)
@@ -62,10 +70,25 @@ VARIANTS = {  # name -> (bidirectional, pooling, [stage settings in order])
         # (seed 1: 36 -> 58 over steps 20-60), so the long variants give every seed time to take off.
         "bi + MNTP + SimCSE, 150 steps": (True, "mean", [MNTP, SIMCSE_LONG]),
         "causal + SimCSE, 150 steps": (False, "mean", [SIMCSE_LONG]),
+        # 2026-12-03: on a bf16 base each stage now runs the earlier adapters unmerged (stacked); this
+        # variant starts SimCSE from the merged MNTP weights instead, as stages chained before.
+        "bi + MNTP + SimCSE, 150 steps, unstacked": (True, "mean", [MNTP, _with(SIMCSE_LONG, stacked=False)]),
+        # where the rest of a 60-minute budget goes: more MNTP, more SimCSE, longer texts
+        "bi + MNTP 300 + SimCSE 150": (True, "mean", [MNTP_300, SIMCSE_LONG]),
+        "bi + MNTP + SimCSE 450": (True, "mean", [MNTP, SIMCSE_450]),
+        "causal + SimCSE 450": (False, "mean", [SIMCSE_450]),
+        "bi + MNTP + SimCSE 150, LoRA dropout 0": (True, "mean", [MNTP, _with(SIMCSE_LONG, lora={"dropout": 0.0})]),
+        "bi + MNTP + SimCSE 150, paragraphs x 128": (True, "mean", [MNTP, _with(SIMCSE_LONG, **PARAGRAPHS)]),
+        "causal + SimCSE 150, paragraphs x 128": (False, "mean", [_with(SIMCSE_LONG, **PARAGRAPHS)]),
+        # the instruction question: LLM2Vec's STS instruction on every SimCSE text, and on the dev pairs
+        "bi + MNTP + SimCSE 150, instruction": (True, "mean", [MNTP, _with(SIMCSE_LONG, instruction=STS_INSTRUCTION,
+                                                                           eval_instruction=STS_INSTRUCTION)]),
     },
     "smoke": {
         "bi + MNTP + SimCSE": (True, "mean", [_with(MNTP, **{**TINY, "batch_size": 2}), _with(SIMCSE, **TINY)]),
         "causal + SimCSE": (False, "mean", [_with(SIMCSE, **TINY)]),
+        "bi + MNTP + SimCSE, unstacked": (True, "mean", [_with(MNTP, **{**TINY, "batch_size": 2}),
+                                                          _with(SIMCSE, **TINY, stacked=False)]),
     },
 }
 
@@ -104,8 +127,9 @@ def stage_data(objective: str, args) -> str | list[str]:
 
 
 def build_stage(settings: dict, args) -> StageConfig:
-    extra = {"text_unit": "line", "save_every": 20, "eval_data": args.dev, "eval_limit": args.dev_limit}
-    return StageConfig(name=settings["objective"], data=stage_data(settings["objective"], args), **extra, **settings)
+    defaults = {"name": settings["objective"], "data": stage_data(settings["objective"], args), "text_unit": "line",
+                "save_every": 20, "eval_data": args.dev, "eval_limit": args.dev_limit}
+    return StageConfig(**{**defaults, **settings})
 
 
 def key_of(*parts) -> str:
@@ -117,37 +141,115 @@ def read_log(stage_dir: Path) -> list[dict]:
 
 
 def run_variant(name: str, spec: tuple, args) -> dict:
-    """Train the variant's stages in order (each cached by its settings and start); return its dev curve."""
+    """Train the variant's stages as one recipe (so a bf16 stage stacks the earlier adapters, as
+    `lm2vec train` does); return its dev curve. Stages before the last are cached by their settings
+    and shared between variants (a symlinked stage folder that train() finds finished). A last stage
+    with `stacked: False` starts instead from the merged weights of the stages before it, loaded in
+    the training precision (how stages chained before 2026-12-03), to measure what stacking buys."""
     bidirectional, pooling, stages = spec
-    model, offset, curve, stage_rows = args.model, 0.0, [], []
-    for settings in stages:
-        stage = build_stage(settings, args)
-        out = args.work / f"{stage.objective}-{key_of(model, bidirectional, pooling, settings, args.dev_limit)}"
-        recipe = Recipe(name=name, model=model, pooling=pooling, bidirectional=bidirectional, stages=[stage])
-        model = str(train(recipe, out, resume=True))
-        log = read_log(out / f"stage1-{stage.name}")
+    stacked = stages[-1].get("stacked", True)
+    stages = [{k: v for k, v in s.items() if k != "stacked"} for s in stages]
+    configs = [build_stage(settings, args) for settings in stages]
+    common = (args.model, bidirectional, pooling, args.dev_limit, args.threads)
+    run_dir = args.work / f"run-{key_of(*common, stages, stacked)}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for index, stage in enumerate(configs[:-1], start=1):
+        shared = args.work / f"stage-{key_of(*common, stages[:index])}"
+        link = run_dir / f"stage{index}-{stage.name}"
+        shared.mkdir(parents=True, exist_ok=True)
+        if not link.is_symlink():
+            link.symlink_to(shared.resolve(), target_is_directory=True)
+    recipe = Recipe(name=name, model=args.model, pooling=pooling, bidirectional=bidirectional, stages=configs)
+    with locked(args.work / "prefixes") if len(configs) > 1 else contextlib.nullcontext():
+        start = train_prefix(recipe, run_dir)  # a shared earlier stage is trained once, by whichever sweep comes first
+    if stacked:
+        encoder = train(recipe, run_dir, resume=True)
+    else:
+        alone = Recipe(**{**vars(recipe), "model": start, "stages": configs[-1:]})
+        encoder = train(alone, run_dir / "unstacked", resume=True)
+    stage_dirs = [run_dir / f"stage{i}-{c.name}" for i, c in enumerate(configs, start=1)]
+    if not stacked:
+        stage_dirs[-1] = run_dir / "unstacked" / f"stage1-{configs[-1].name}"
+    import torch
+
+    return {**summarise_run(configs, stage_dirs, bidirectional, pooling, args, str(encoder)),
+            "threads": torch.get_num_threads(), "doc_dev": document_dev(str(encoder), args)}
+
+
+def document_dev(model: str, args, bidirectional: bool | None = None) -> float | None:
+    """nDCG@10 x100 of SciFact *train* claims (a split no benchmark scores) retrieving their cited
+    abstracts among a fixed sample of others, texts cut at --doc-max-length tokens: whether an encoder
+    trained on sentences still serves documents. None without the SciFact files."""
+    import numpy as np
+
+    from lm2vec import Encoder
+    from lm2vec.eval.local_data import load_scifact
+
+    if not args.doc_queries or not (args.data_dir / "retrieval/SciFact/claims_train.csv").is_file():
+        return None
+    split = load_scifact(args.data_dir, claims="train")["default"]["test"]
+    rng = random.Random(0)
+    queries = dict(zip(split["queries"]["id"], split["queries"]["text"]))
+    chosen = rng.sample(sorted(queries), min(args.doc_queries, len(queries)))
+    texts = {i: f"{t} {x}" for i, t, x in zip(split["corpus"]["id"], split["corpus"]["title"], split["corpus"]["text"])}
+    relevant = sorted({d for q in chosen for d in split["qrels"][q]})
+    others = sorted(set(texts) - set(relevant))
+    docs = relevant + rng.sample(others, min(args.doc_distractors, len(others)))
+    kwargs = {} if bidirectional is None else {"bidirectional": bidirectional}
+    encoder = Encoder.from_pretrained(model, max_length=args.doc_max_length, **kwargs)
+    scores = (encoder.encode([queries[q] for q in chosen], normalize=True)
+              @ encoder.encode([texts[d] for d in docs], normalize=True).T)  # (Q, D)
+    gains = []
+    for row, q in zip(scores, chosen):
+        top = [docs[i] for i in np.argsort(-row)[:10]]
+        dcg = sum(1 / np.log2(rank + 2) for rank, d in enumerate(top) if d in split["qrels"][q])
+        ideal = sum(1 / np.log2(rank + 2) for rank in range(min(10, len(split["qrels"][q]))))
+        gains.append(dcg / ideal)
+    return 100 * float(np.mean(gains))
+
+
+def train_prefix(recipe: Recipe, run_dir: Path) -> str:
+    """The stages before the last, as train() runs them (each merged into stageN-NAME/merged); returns
+    where the last stage starts."""
+    model, adapters = recipe.model, []
+    for index, stage in enumerate(recipe.stages[:-1], start=1):
+        stage_dir = run_dir / f"stage{index}-{stage.name}"
+        if not (stage_dir / DONE).is_file():
+            StageRunner(recipe, stage, model, stage_dir, stage_dir / "merged", resume=True,
+                        earlier_adapters=adapters).run()
+        model, adapters = str(stage_dir / "merged"), [*adapters, stage_dir / "adapter"]
+    return model
+
+
+def summarise_run(configs: list[StageConfig], stage_dirs: list[Path], bidirectional: bool, pooling: str, args,
+                  encoder: str) -> dict:
+    """The dev curve against training minutes (evaluation time left out) and per-stage step times."""
+    offset, curve, stage_rows = 0.0, [], []
+    for stage, stage_dir in zip(configs, stage_dirs):
+        log = read_log(stage_dir)
         curve += [{"stage": stage.name, "step": r["step"], "minutes": (offset + r["elapsed"]) / 60,
                    "dev": 100 * r["dev_spearman"]} for r in log if "dev_spearman" in r]
         minutes = max(r.get("elapsed", 0.0) for r in log) / 60
         stage_rows.append({"stage": stage.name, "minutes": minutes, "s_per_step": 60 * minutes / stage.max_steps,
                            "padding": sum(r.get("padding", 0) for r in log if "loss" in r) / stage.max_steps})
         offset += 60 * minutes
-    return {"settings": [asdict(build_stage(s, args)) for s in stages],
+    return {"settings": [asdict(c) for c in configs],
             "bidirectional": bidirectional, "pooling": pooling, "curve": curve, "stages": stage_rows,
             "minutes": offset / 60, "start_dev": curve[0]["dev"], "final_dev": curve[-1]["dev"],
-            "best_dev": max(p["dev"] for p in curve), "encoder": model}
+            "best_dev": max(p["dev"] for p in curve), "encoder": encoder}
 
 
 def markdown(results: dict) -> str:
-    lines = ["| variant | train min | untrained dev | dev after each stage | final dev | best dev (step) | s/step |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| variant | threads | train min | untrained dev | dev after each stage | final dev | best dev (step) | s/step "
+             "| doc dev |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         ends = " / ".join(f"{p['dev']:.1f}" for i, p in enumerate(r["curve"])
                           if i + 1 == len(r["curve"]) or r["curve"][i + 1]["stage"] != p["stage"])
         best = max(r["curve"], key=lambda p: p["dev"])
         steps = " / ".join(f"{s['stage']} {s['s_per_step']:.2f}" for s in r["stages"])
-        lines.append(f"| {name} | {r['minutes']:.1f} | {r['start_dev']:.1f} | {ends} | {r['final_dev']:.1f} | "
-                     f"{best['dev']:.1f} ({best['stage']} {best['step']}) | {steps} |")
+        doc = "" if r.get("doc_dev") is None else f"{r['doc_dev']:.1f}"
+        lines.append(f"| {name} | {r.get('threads', 2)} | {r['minutes']:.1f} | {r['start_dev']:.1f} | {ends} | "
+                     f"{r['final_dev']:.1f} | {best['dev']:.1f} ({best['stage']} {best['step']}) | {steps} | {doc} |")
     return "\n".join(lines) + "\n"
 
 
@@ -183,22 +285,61 @@ def main() -> None:
     p.add_argument("--seeds", nargs="*", type=int, help="train each variant's last stage once per seed (42 = default)")
     p.add_argument("--work", type=Path, default=Path("runs/sweep"))
     p.add_argument("--results", type=Path, default=Path("bench/results"))
+    p.add_argument("--doc-queries", type=int, default=150, help="SciFact train claims in the document dev (0: off)")
+    p.add_argument("--doc-distractors", type=int, default=350, help="abstracts besides the cited ones")
+    p.add_argument("--doc-max-length", type=int, default=160)
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's). Two sweeps pinned to one core "
+                   "each (taskset -c 0 / -c 1, --threads 1) did 1.55x the work of one on both cores here")
     args = p.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     args.dev = args.dev or str(args.data_dir / "sts/STSBenchmark/sts-dev.csv")
     args.work = args.work / args.profile
+    args.work.mkdir(parents=True, exist_ok=True)
     done_file = args.work / "sweep.json"
-    done = json.loads(done_file.read_text()) if done_file.is_file() else {}
     results, started = {}, time.time()
     chosen = {n: v for n, v in VARIANTS[args.profile].items() if not args.only or n in args.only}
     for name, spec in with_seeds(chosen, args.seeds).items():
-        key = key_of(name, spec, args.model, args.dev, args.dev_limit)
+        key = key_of(name, spec, args.model, args.dev, args.dev_limit, args.threads)
+        done = read_json(done_file)
         if key not in done:
-            done[key] = run_variant(name, spec, args)
-            write_json_atomic(done_file, done)
+            result = run_variant(name, spec, args)
+            with locked(done_file):  # another sweep process may have added its variants meanwhile
+                write_json_atomic(done_file, {**read_json(done_file), key: result})
+            done[key] = result
         results[name] = done[key]
         print(f"{name}: dev {results[name]['start_dev']:.1f} -> {results[name]['final_dev']:.1f} "
               f"in {results[name]['minutes']:.1f} min", flush=True)
-    report(args, results, time.time() - started)
+    report(args, results, time.time() - started, untrained_doc_dev(args, done_file))
+
+
+def untrained_doc_dev(args, done_file: Path) -> dict:
+    """The document dev of the untrained model, causal and bidirectional (cached beside the variants)."""
+    key = key_of("untrained-doc-dev", args.model, args.doc_queries, args.doc_distractors, args.doc_max_length)
+    cached = read_json(done_file).get(key)
+    if cached is None:
+        cached = {name: document_dev(args.model, args, bidirectional=bi) for name, bi in
+                  (("causal", False), ("bidirectional", True))}
+        with locked(done_file):
+            write_json_atomic(done_file, {**read_json(done_file), key: cached})
+    return cached
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+@contextlib.contextmanager
+def locked(path: Path):
+    """Exclusive lock beside `path`: sweeps running side by side (one per core) share the cache."""
+    with open(path.with_name(path.name + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def environment() -> dict:
@@ -219,21 +360,28 @@ def earlier_variants(path: Path) -> dict:
     return json.loads(path.read_text())["variants"] if path.is_file() else {}
 
 
-def report(args, results: dict, seconds: float) -> None:
+def report(args, results: dict, seconds: float, untrained_doc: dict | None = None) -> None:
     date = datetime.date.today().isoformat()
     stem = args.results / f"sweep-{args.profile}-{date}"
     args.results.mkdir(parents=True, exist_ok=True)
     payload = {"date": date, "model": args.model, "profile": args.profile, "dev": args.dev, "dev_limit": args.dev_limit,
-               "device": f"CPU {platform.machine()}, 2 threads", "environment": environment(),
+               "device": f"CPU {platform.machine()}", "environment": environment(),
                "wall_seconds_this_run": round(seconds),
                "note": "dev Spearman x100 on a fixed sample of STS Benchmark dev pairs, no instruction, weights as "
                        "trained (bf16 base where the CPU has bf16 units); minutes are training time without evaluation",
+               "untrained_doc_dev": untrained_doc,
+               "doc_dev": f"nDCG@10 x100, {args.doc_queries} SciFact train claims over their cited abstracts and "
+                          f"{args.doc_distractors} others, {args.doc_max_length} tokens",
                "variants": results}
-    payload["variants"] = {**earlier_variants(Path(f"{stem}.json")), **results}
-    write_json_atomic(Path(f"{stem}.json"), payload)
-    table = markdown(payload["variants"]) + seed_spread(payload["variants"])
-    Path(f"{stem}.md").write_text(f"Model {args.model}, dev {args.dev} ({args.dev_limit} pairs), {date}.\n\n{table}")
-    plot(payload["variants"], Path(f"{stem}-dev-curves.png"))
+    with locked(Path(f"{stem}.json")):
+        payload["variants"] = {**earlier_variants(Path(f"{stem}.json")), **results}
+        write_json_atomic(Path(f"{stem}.json"), payload)
+        table = markdown(payload["variants"]) + seed_spread(payload["variants"])
+        if untrained_doc and None not in untrained_doc.values():
+            table += (f"\nDocument dev of the untrained model: causal {untrained_doc['causal']:.1f}, "
+                      f"bidirectional {untrained_doc['bidirectional']:.1f} ({payload['doc_dev']}).\n")
+        Path(f"{stem}.md").write_text(f"Model {args.model}, dev {args.dev} ({args.dev_limit} pairs), {date}.\n\n{table}")
+        plot(payload["variants"], Path(f"{stem}-dev-curves.png"))
     print(table)
 
 

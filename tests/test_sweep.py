@@ -24,12 +24,15 @@ def test_sweep_smoke_profile_writes_table_curves_and_plot(tmp_path):
                            for i, s in enumerate(sentences)))
     command = [sys.executable, str(ROOT / "bench" / "sweep.py"), "--profile", "smoke", "--model", str(model),
                "--corpus", str(corpus), "--dev", str(dev), "--work", str(tmp_path / "work"),
-               "--results", str(tmp_path / "results")]
+               "--results", str(tmp_path / "results"), "--doc-queries", "4", "--doc-distractors", "6",
+               "--doc-max-length", "32"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     [report] = (tmp_path / "results").glob("sweep-smoke-*.json")
     variants = json.loads(report.read_text())["variants"]
-    assert set(variants) == {"bi + MNTP + SimCSE", "causal + SimCSE"}
+    assert set(variants) == {"bi + MNTP + SimCSE", "causal + SimCSE", "bi + MNTP + SimCSE, unstacked"}
+    unstacked = variants["bi + MNTP + SimCSE, unstacked"]["curve"]
+    assert unstacked[:3] == variants["bi + MNTP + SimCSE"]["curve"][:3]  # one shared MNTP stage, trained once
     curve = variants["bi + MNTP + SimCSE"]["curve"]
     assert [p["stage"] for p in curve] == ["mntp"] * 3 + ["simcse"] * 3  # steps 0, 1, 2 of each stage
     assert all(b["minutes"] >= a["minutes"] for a, b in zip(curve, curve[1:]))  # one time axis across stages

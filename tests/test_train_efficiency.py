@@ -99,6 +99,60 @@ def test_bf16_stage_trains_float32_lora_on_bf16_base(model_dir, corpus, tmp_path
     assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in frozen)
 
 
+def _vectors(encoder, texts=SENTENCES[:6]):
+    encoder.model.eval()
+    with torch.no_grad():
+        return encoder.embed(encoder.collate(encoder.tokenize([(None, t) for t in texts]))).float()
+
+
+def test_bf16_next_stage_starts_exactly_where_the_last_one_ended(model_dir, corpus, tmp_path):
+    """On a bf16 base, stage 2 runs stage 1's adapter unmerged and frozen: at its first step it computes
+    what stage 1 ended with (bf16 base + float32 delta), where reloading the merged weights in bf16 does
+    not; only the new adapter trains and is saved, and the final encoder is the float32 merge of both."""
+    from lm2vec.core.adapters import load_adapter
+    from lm2vec.training.loop import train
+
+    stages = [StageConfig(objective="mntp", data=str(corpus), max_steps=8, batch_size=4, max_length=32, lr=1e-2,
+                          warmup_steps=0, save_every=100, precision="bf16", lora={"dropout": 0.0}),
+              StageConfig(objective="simcse", data=str(corpus), max_steps=2, batch_size=4, max_length=32, lr=1e-2,
+                          warmup_steps=0, save_every=100, precision="bf16", attention_dropout=0.1)]
+    recipe = Recipe(stages=stages, model=str(model_dir), max_length=32)
+    final = train(recipe, tmp_path / "run")
+    first_adapter, second_adapter = tmp_path / "run/stage1-mntp/adapter", tmp_path / "run/stage2-simcse/adapter"
+
+    ended = tiny_stage_encoder(model_dir, torch.bfloat16)  # what stage 1 trained: bf16 base + its delta
+    ended.model = load_adapter(ended.model, first_adapter)
+    merged_start = tmp_path / "run/stage1-mntp/merged"
+    runners = {name: StageRunner(recipe, stages[1], str(merged_start), tmp_path / name / "s", tmp_path / name / "e",
+                                 device="cpu", earlier_adapters=adapters)
+               for name, adapters in (("stacked", [first_adapter]), ("rounded", []))}
+    for runner in runners.values():
+        runner.setup()
+    reference = _vectors(ended)
+    stacked_gap = (_vectors(runners["stacked"].encoder) - reference).abs().max()
+    rounded_gap = (_vectors(runners["rounded"].encoder) - reference).abs().max()
+    assert stacked_gap < 1e-6 and rounded_gap > 1e-3, (stacked_gap, rounded_gap)
+    trainable = [n for n, p in runners["stacked"].peft.named_parameters() if p.requires_grad]
+    assert trainable and all(".default." in n for n in trainable)
+
+    assert not (second_adapter / "earlier0").exists()
+    assert all(".earlier" not in k for k in load_file(second_adapter / "adapter_model.safetensors"))
+    expected = tiny_stage_encoder(model_dir, torch.float32)
+    expected.model = load_adapter(load_adapter(expected.model, first_adapter, merge=True), second_adapter, merge=True)
+    saved = Encoder.from_pretrained(final, device="cpu")
+    assert torch.allclose(_vectors(saved), _vectors(expected), atol=1e-5)
+
+
+def tiny_stage_encoder(model_dir, dtype):
+    """The tiny model as a bidirectional Encoder with base weights in `dtype` (as a training stage loads it)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from lm2vec.core.encoder import EncoderConfig
+
+    backbone = AutoModel.from_pretrained(model_dir, dtype=dtype)
+    return Encoder(backbone, AutoTokenizer.from_pretrained(model_dir), EncoderConfig(max_length=32))
+
+
 # ---- packing and length grouping ------------------------------------------------------------------
 def test_packing_keeps_every_token_exactly_once():
     documents = [[5, 6, 7], [8], [9, 10, 11, 12, 13], [14, 15, 16]]

@@ -184,12 +184,13 @@ def _sentences(abstract: str) -> list[str]:
     return [ast.literal_eval(s) for s in _PY_STRING.findall(abstract)]
 
 
-def load_scifact(root: Path) -> Subsets:
+def load_scifact(root: Path, claims: str = "validation") -> Subsets:
     """BEIR's SciFact test set rebuilt from the AllenAI CSV export (README, section D).
 
     Corpus: all 5,183 docs, title kept apart (mteb joins title and text), text = the abstract sentences,
     each stripped, joined by spaces (this reproduces BEIR's text exactly). Queries: the 300 validation
-    claims. Qrels: the (claim, cited_doc_id) pairs, relevance 1.
+    claims (`claims="train"`: the 809 train claims, which no benchmark scores: a dev set). Qrels: the
+    (claim, cited_doc_id) pairs, relevance 1.
     """
     folder = root / "retrieval/SciFact"
     with (folder / "corpus_train.csv").open(encoding="utf-8", newline="") as f:
@@ -199,7 +200,7 @@ def load_scifact(root: Path) -> Subsets:
         "title": [d["title"] for d in docs],
         "text": [" ".join(s.strip() for s in _sentences(d["abstract"])) for d in docs],
     }
-    with (folder / "claims_validation.csv").open(encoding="utf-8", newline="") as f:
+    with (folder / f"claims_{claims}.csv").open(encoding="utf-8", newline="") as f:
         claims = list(csv.DictReader(f))
     queries: dict[str, str] = {}
     qrels: dict[str, dict[str, int]] = {}

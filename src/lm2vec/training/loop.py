@@ -3,6 +3,8 @@
 Per stage: load the previous stage's weights, make them bidirectional, add a fresh LoRA adapter,
 train with AdamW under linear warmup and linear decay to zero at `max_steps`, checkpoint every
 `save_every` steps, then save the adapter and the merged weights (the next stage's starting point).
+On a bf16 base the next stage instead runs the earlier adapters unmerged and frozen on the original
+base (bf16 rounding of merged weights would erase part of them; see `stack_frozen_adapters`).
 
 Reproducibility without saved RNG blobs: the data order and every random draw of step s are derived
 from (seed, s, rank), so a run resumed from the checkpoint of step s replays exactly what an
@@ -29,7 +31,7 @@ from lm2vec.core.models import resolve_model_path
 from lm2vec.training import checkpoint as ckpt
 from lm2vec.training.dev_eval import DevEvaluator
 from lm2vec.training.gradcache import cached_backward
-from lm2vec.training.lora import attach_lora, merge_lora, trainable_parameters
+from lm2vec.training.lora import attach_lora, merge_lora, stack_frozen_adapters, trainable_parameters
 from lm2vec.training.objectives import OBJECTIVES
 from lm2vec.training.objectives.simcse import restore_dropout, set_dropout
 from lm2vec.training.plots import plot_loss_curve
@@ -118,21 +120,24 @@ def linear_schedule(optimizer, warmup: int, total: int) -> torch.optim.lr_schedu
 
 # ---- model per stage ------------------------------------------------------------------------------
 def load_stage_encoder(model_path: str, stage: StageConfig, recipe: Recipe, device: str,
-                       dtype: torch.dtype = torch.float32):
-    """Encoder on the stage's starting weights (+ the frozen LM head for MNTP), base weights in `dtype`."""
+                       dtype: torch.dtype = torch.float32, weights: str | None = None):
+    """Encoder on the stage's starting weights (+ the frozen LM head for MNTP), base weights in `dtype`.
+    `weights`: load the model's weights from there instead (the recipe's base, for stacked adapters);
+    the tokenizer and the training history still come from `model_path`."""
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(model_path)
+    weights_path = resolve_model_path(weights) if weights else path
     lm_head = None
-    with checkpoint_errors(path):
+    with checkpoint_errors(weights_path):
         tokenizer = AutoTokenizer.from_pretrained(path)
         if stage.objective == "mntp":
-            full, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True)
+            full, info = AutoModelForCausalLM.from_pretrained(weights_path, dtype=dtype, output_loading_info=True)
             backbone, lm_head = full.base_model, full.get_output_embeddings()
             _restore_untied_head(lm_head, info["missing_keys"], recipe.model, dtype)
             lm_head.requires_grad_(False)
         else:
-            backbone = AutoModel.from_pretrained(path, dtype=dtype)
+            backbone = AutoModel.from_pretrained(weights_path, dtype=dtype)
     history = load_saved_config(path).training  # earlier stages, when starting from one of our encoders
     config = EncoderConfig(pooling=recipe.pooling, bidirectional=recipe.bidirectional,
                            max_length=stage.max_length, base_model=recipe.model, training=dict(history))
@@ -160,19 +165,23 @@ class StageRunner:
     """Runs one stage end to end; `run()` returns the directory of the merged encoder."""
 
     def __init__(self, recipe: Recipe, stage: StageConfig, model_path: str, out_dir: Path, final_dir: Path,
-                 resume: bool = False, device: str | None = None) -> None:
+                 resume: bool = False, device: str | None = None, earlier_adapters: list[Path] | None = None) -> None:
+        """`earlier_adapters`: the adapters of this recipe's earlier stages, in order (each trained on
+        the recipe's model plus the ones before it); `model_path` holds them merged."""
         self.recipe, self.stage, self.model_path = recipe, stage, model_path
         self.out_dir, self.final_dir, self.resume = out_dir, final_dir, resume
         self.rank, self.world = init_distributed()
         self.device = device or process_device() or default_device()
         self.precision = resolve_precision(stage.precision, self.device)
+        self.stacked = list(earlier_adapters or []) if base_dtype(self.precision) != torch.float32 else []
         self.order_cache: dict = {}
         self.best = ckpt.BestKeeper(out_dir / "best")
 
     def setup(self) -> None:
         stage = self.stage
         self.encoder, lm_head = load_stage_encoder(self.model_path, stage, self.recipe, self.device,
-                                                   base_dtype(self.precision))
+                                                   base_dtype(self.precision),
+                                                   weights=self.recipe.model if self.stacked else None)
         self.task = OBJECTIVES[stage.objective](stage, self.encoder, lm_head)
         self.examples = self.task.load_examples()
         self.lengths = self.task.lengths(self.examples) if stage.group_by_length else None
@@ -180,6 +189,7 @@ class StageRunner:
                                    hidden=stage.hidden_dropout) if stage.objective != "mntp" else None
         torch.manual_seed(stage.seed)  # LoRA's initial weights: the same in every run and every process
         self.peft = attach_lora(self.encoder.model, stage.lora)  # LoRA weights in float32 whatever the base
+        stack_frozen_adapters(self.peft, self.stacked)
         if stage.gradient_checkpointing:
             self.encoder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.params = trainable_parameters(self.peft)
@@ -213,7 +223,7 @@ class StageRunner:
                                     self.lengths, self.order_cache)
             batch = self.task.collate([self.examples[i] for i in indices], generator)
             tokens, padded = tokens + _count_tokens(batch), padded + _count_tokens(batch, padded=True)
-            with autocast_context(self.precision, self.encoder.device):
+            with autocast_context(self.precision, self.encoder.device, self.peft):
                 if stage.mini_batch_size:  # GradCache: the whole batch's negatives, a mini-batch's memory
                     loss = cached_backward(self.encoder.embed, self.task.embedding_sides(batch),
                                            lambda e, b=batch: self.scaler.scale(self.task.loss_from_embeddings(e, b)),
@@ -332,7 +342,7 @@ class StageRunner:
     def _save_adapter(self) -> None:
         """Adapter dir loadable by Encoder.from_pretrained: LoRA weights + lm2vec config naming its base."""
         adapter_dir = self.out_dir / "adapter"
-        self.peft.save_pretrained(adapter_dir)
+        self.peft.save_pretrained(adapter_dir, selected_adapters=["default"])  # not the stacked earlier ones
         self.encoder.tokenizer.save_pretrained(adapter_dir)
         config = {**asdict(self.encoder.config), "base_model": str(Path(resolve_model_path(self.model_path)).resolve())}
         (adapter_dir / "lm2vec_config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -367,7 +377,7 @@ def train(recipe: Recipe, output: str | Path, resume: bool = False, device: str 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     dump_recipe(recipe, output / "recipe.yaml")
-    model_path = recipe.model
+    model_path, adapters = recipe.model, []
     for index, stage in enumerate(recipe.stages, start=1):
         stage_dir = output / f"stage{index}-{stage.name}"
         last = index == len(recipe.stages)
@@ -375,6 +385,7 @@ def train(recipe: Recipe, output: str | Path, resume: bool = False, device: str 
         if resume and (stage_dir / DONE).is_file() and final_dir.is_dir():
             logger.warning("stage %s already finished; skipping", stage.name)
         else:
-            StageRunner(recipe, stage, model_path, stage_dir, final_dir, resume, device).run()
+            StageRunner(recipe, stage, model_path, stage_dir, final_dir, resume, device, adapters).run()
         model_path = str(final_dir)
+        adapters = [*adapters, stage_dir / "adapter"]
     return output / "encoder"

@@ -1,9 +1,11 @@
 """Training precision: which dtype the frozen base weights live in, and whether autocast runs.
 
-LoRA trains a few million parameters on top of a frozen base. Keeping that base in bf16 means every
-matmul runs on the hardware's bf16 units with no per-op cast (autocast re-casts float32 weights at
-every op, which is why it paid only 1.17-1.33x on this CPU), while the trainable LoRA weights, the loss
-and the optimiser stay in float32, so updates are not rounded away.
+LoRA trains a few million parameters on top of a frozen base. `bf16` keeps that base in bf16, so its
+matmuls run on the hardware's bf16 units with no per-op cast (autocast over float32 weights re-casts
+them at every op, which is why `bf16-autocast` paid only 1.17-1.33x on this CPU). The adapters' master
+weights, the optimiser and the losses stay in float32, so updates are not rounded away; the adapters'
+own matmuls run under bf16 autocast (their small weights cast per op, as in any mixed-precision
+training), which spares casting every activation to float32 and back.
 """
 
 from __future__ import annotations
@@ -43,9 +45,19 @@ def base_dtype(resolved: str) -> torch.dtype:
     return torch.bfloat16 if resolved == "bf16" else torch.float32
 
 
-def autocast_context(resolved: str, device: torch.device | str):
-    """torch.autocast for the autocast modes; nothing for fp32 and for bf16 base weights."""
+def autocast_context(resolved: str, device: torch.device | str, model: torch.nn.Module | None = None):
+    """What a training forward and backward run under: nothing for fp32; torch.autocast for the autocast
+    modes; for bf16 base weights, bf16 autocast with peft's float32 input casts off (`model`'s adapters)."""
+    device_type = torch.device(device).type
+    if resolved == "bf16":
+        from lm2vec.training.lora import lora_inputs_uncast
+
+        stack = contextlib.ExitStack()
+        if model is not None:
+            stack.enter_context(lora_inputs_uncast(model))
+        stack.enter_context(torch.autocast(device_type=device_type, dtype=torch.bfloat16))
+        return stack
     if resolved not in ("bf16-autocast", "fp16"):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if resolved == "bf16-autocast" else torch.float16
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+    return torch.autocast(device_type=device_type, dtype=dtype)

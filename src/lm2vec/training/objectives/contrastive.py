@@ -13,9 +13,10 @@ import torch.nn.functional as F
 def cosine_scores(queries: torch.Tensor, candidates: torch.Tensor, scale: float = 20.0) -> torch.Tensor:
     """(B, D) x (C, D) -> (B, C) cosine similarities times `scale` (1 / temperature; 20 = 1/0.05).
 
-    Computed in float32: bf16 cosines are too coarse once multiplied by the scale.
+    Computed in float32, autocast or not: bf16 cosines are too coarse once multiplied by the scale.
     """
-    return scale * F.normalize(queries.float(), dim=-1) @ F.normalize(candidates.float(), dim=-1).T
+    with torch.autocast(queries.device.type, enabled=False):
+        return scale * F.normalize(queries.float(), dim=-1) @ F.normalize(candidates.float(), dim=-1).T
 
 
 def info_nce_from_scores(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
