@@ -18,8 +18,8 @@ import torch
 
 from lm2vec.core.encoder import Encoder
 from lm2vec.io import write_json_atomic
-from lm2vec.training.loop import batch_indices
 from lm2vec.training.objectives import OBJECTIVES
+from lm2vec.training.order import batch_indices
 from lm2vec.training.recipe import StageConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from lm2vec import Encoder
 from lm2vec.training import checkpoint as ckpt
-from lm2vec.training.loop import StageRunner, batch_indices, linear_schedule, train
+from lm2vec.training.loop import StageRunner, linear_schedule, train
+from lm2vec.training.order import batch_indices
 from lm2vec.training.recipe import Recipe, RecipeError, StageConfig, load_recipe
 
 SENTENCES = [f"sentence {i}: the {w} sat on the {v} near {i % 7} trees." for i, (w, v) in
@@ -72,8 +73,9 @@ def test_simcse_views_really_differ_during_training(model_dir, corpus, tmp_path)
     assert (view1 - view2).abs().max() > 1e-4
 
 
-def test_kill_and_resume_ends_with_the_same_weights(model_dir, corpus, tmp_path, monkeypatch):
-    stage = _stage("simcse", corpus, max_steps=6, save_every=2)
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_kill_and_resume_ends_with_the_same_weights(finetune, model_dir, corpus, tmp_path, monkeypatch):
+    stage = _stage("simcse", corpus, max_steps=6, save_every=2, finetune=finetune, lr=3e-3 if finetune == "lora" else 3e-4)
     _run(model_dir, stage, tmp_path / "straight")
     original = StageRunner.train_step
 
@@ -92,6 +94,26 @@ def test_kill_and_resume_ends_with_the_same_weights(model_dir, corpus, tmp_path,
     assert all(torch.equal(a[k], b[k]) for k in a)
     straight = [json.loads(x)["loss"] for x in (tmp_path / "straight/stage/log.jsonl").read_text().splitlines()]
     assert losses == straight  # the log is continuous, with no duplicated steps
+
+
+@pytest.mark.parametrize("objective", ["mntp", "simcse"])
+def test_full_finetuning_trains_every_weight_but_the_embeddings(objective, model_dir, corpus, tmp_path):
+    """finetune: full updates the transformer's own weights (no adapter), leaves the (tied) input embeddings,
+    lowers the loss, and saves exactly the model it trained."""
+    stage = _stage(objective, corpus, finetune="full", lr=1e-3, mask_rate=0.3)
+    recipe = Recipe(stages=[stage], model=str(model_dir), max_length=32)
+    runner = StageRunner(recipe, stage, str(model_dir), tmp_path / "stage", tmp_path / "encoder", device="cpu")
+    runner.run()
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "stage" / "log.jsonl").read_text().splitlines()]
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.05, losses
+    before, after = load_file(model_dir / "model.safetensors"), load_file(tmp_path / "encoder" / "model.safetensors")
+    embed = next(k for k in after if "embed_tokens" in k)
+    assert torch.equal(after[embed], before[f"model.{embed}"] if f"model.{embed}" in before else before[embed])
+    changed = [k for k in after if "layers" in k and not torch.equal(after[k], before.get(f"model.{k}", before.get(k)))]
+    assert len(changed) == sum("layers" in k for k in after)  # every layer weight moved
+    assert not (tmp_path / "stage" / "adapter").exists() and after[embed].dtype == torch.float32
+    saved = Encoder.from_pretrained(tmp_path / "encoder", device="cpu")
+    assert np.allclose(saved.encode(SENTENCES[:3]), runner.encoder.encode(SENTENCES[:3]), atol=1e-5)
 
 
 def test_half_written_checkpoint_is_skipped(model_dir, corpus, tmp_path):

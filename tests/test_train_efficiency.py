@@ -16,9 +16,10 @@ from lm2vec.data.errors import DataError
 from lm2vec.data.scored_pairs import load_scored_pairs
 from lm2vec.training import precision as precision_module
 from lm2vec.training.dev_eval import DevEvaluator
-from lm2vec.training.loop import StageRunner, batch_indices, epoch_order
+from lm2vec.training.loop import StageRunner
 from lm2vec.training.objectives import OBJECTIVES
 from lm2vec.training.objectives.mntp import MNTPTask, pack_blocks
+from lm2vec.training.order import batch_indices, epoch_order
 from lm2vec.training.precision import resolve_precision
 from lm2vec.training.recipe import Recipe, RecipeError, StageConfig, load_recipe
 

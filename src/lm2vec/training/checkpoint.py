@@ -13,10 +13,10 @@ import shutil
 from pathlib import Path
 
 import torch
-from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 from lm2vec.io import replace_dir, staging_dir, write_json_atomic, write_safetensors_atomic
+from lm2vec.training.lora import load_trainable_state, trainable_state
 
 logger = logging.getLogger(__name__)
 STATE = "state.json"
@@ -43,7 +43,7 @@ def save_checkpoint(directory: Path, step: int, model, optimizer, scheduler, ext
     target = directory / f"step-{step:07d}"
     staging = staging_dir(target)
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()},
+        save_file({k: v.detach().cpu().contiguous() for k, v in trainable_state(model).items()},
                   staging / "adapter.safetensors")
         tensors, groups = _optimizer_tensors(optimizer)
         save_file(tensors, staging / "optimizer.safetensors")
@@ -82,7 +82,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     if not is_complete(path):
         raise ValueError(f"checkpoint {path} is incomplete or corrupt")
     state = json.loads((path / STATE).read_text())
-    set_peft_model_state_dict(model, load_file(path / "adapter.safetensors"))
+    load_trainable_state(model, load_file(path / "adapter.safetensors"))
     _restore_optimizer(optimizer, load_file(path / "optimizer.safetensors"), state["param_groups"])
     scheduler.load_state_dict(state["scheduler"])
     return state
@@ -108,7 +108,7 @@ class BestKeeper:
         """Keep `model`'s adapter weights if `score` beats the best so far; True if kept."""
         if self.score is not None and score <= self.score:
             return False
-        tensors = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in trainable_state(model).items()}
         self.directory.mkdir(parents=True, exist_ok=True)
         write_safetensors_atomic(self.directory / "adapter.safetensors", tensors)
         write_json_atomic(self.directory / "best.json", {"step": step, "score": score})
@@ -116,7 +116,7 @@ class BestKeeper:
         return True
 
     def restore(self, model) -> None:
-        set_peft_model_state_dict(model, load_file(self.directory / "adapter.safetensors"))
+        load_trainable_state(model, load_file(self.directory / "adapter.safetensors"))
 
     def forget_after(self, step: int) -> None:
         """A resumed run replays the steps after its checkpoint: a best found there is found again."""

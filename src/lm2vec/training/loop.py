@@ -28,12 +28,20 @@ from tqdm.auto import tqdm
 from lm2vec.core.distributed import barrier, init_distributed, process_device
 from lm2vec.core.encoder import Encoder, EncoderConfig, checkpoint_errors, default_device, load_saved_config
 from lm2vec.core.models import resolve_model_path
+from lm2vec.core.soft_bidirectional import annealed_weight, set_future_weight
 from lm2vec.training import checkpoint as ckpt
 from lm2vec.training.dev_eval import DevEvaluator
 from lm2vec.training.gradcache import cached_backward
-from lm2vec.training.lora import attach_lora, merge_lora, stack_frozen_adapters, trainable_parameters
+from lm2vec.training.lora import (
+    attach_lora,
+    merge_lora,
+    prepare_full_finetune,
+    stack_frozen_adapters,
+    trainable_parameters,
+)
 from lm2vec.training.objectives import OBJECTIVES
 from lm2vec.training.objectives.simcse import restore_dropout, set_dropout
+from lm2vec.training.order import batch_indices, step_generator, step_seed
 from lm2vec.training.plots import plot_loss_curve
 from lm2vec.training.precision import autocast_context, base_dtype, resolve_precision
 from lm2vec.training.recipe import Recipe, StageConfig, dump_recipe
@@ -54,56 +62,6 @@ def average_gradients(params: list[torch.Tensor], world: int) -> None:
             p.grad = torch.zeros_like(p)
         dist.all_reduce(p.grad)
         p.grad /= world
-
-
-# ---- data order and randomness ------------------------------------------------------------------
-LENGTH_GROUP_STEPS = 16  # length grouping sorts windows of this many steps' examples
-
-
-def epoch_order(n: int, seed: int, epoch: int, lengths: list[int] | None = None, per_step: int = 1) -> list[int]:
-    """The example order of one epoch: a seeded permutation. With `lengths`, each window of
-    LENGTH_GROUP_STEPS steps is sorted by length and cut into steps, and the steps of a window are
-    shuffled: every step gets texts of similar length (little padding) and the order stays random
-    across steps (as transformers' group_by_length sampler does)."""
-    generator = torch.Generator().manual_seed(seed + epoch)
-    order = torch.randperm(n, generator=generator)
-    if lengths is None:
-        return order.tolist()
-    window, out = per_step * LENGTH_GROUP_STEPS, []
-    for start in range(0, n, window):
-        block = order[start : start + window]
-        block = block[torch.argsort(torch.tensor([lengths[i] for i in block]), stable=True)]
-        steps = block.split(per_step)
-        out += [int(i) for k in torch.randperm(len(steps), generator=generator).tolist() for i in steps[k]]
-    return out
-
-
-def batch_indices(n: int, step: int, micro: int, stage: StageConfig, rank: int, world: int,
-                  lengths: list[int] | None = None, cache: dict | None = None) -> list[int]:
-    """Indices of this process's share of micro-batch `micro` of `step`: a stateless function of
-    (seed, step), walking one seeded order per epoch, so resuming replays the same order.
-    `cache` (epoch -> order) saves recomputing an epoch's order at every call."""
-    per_step = stage.batch_size * world * stage.grad_accum
-    start = step * per_step + micro * stage.batch_size * world + rank * stage.batch_size
-    out, cache = [], {} if cache is None else cache
-    for flat in range(start, start + stage.batch_size):
-        epoch = flat // n
-        if epoch not in cache:
-            cache.clear()  # one epoch at a time is all a step needs
-            cache[epoch] = epoch_order(n, stage.seed, epoch, lengths, per_step)
-        out.append(cache[epoch][flat % n])
-    return out
-
-
-def step_seed(stage: StageConfig, step: int, rank: int = 0) -> int:
-    return (stage.seed * 1_000_003 + step * 7919 + rank) % (2**63)
-
-
-def step_generator(stage: StageConfig, step: int, rank: int) -> torch.Generator:
-    """Seed the global RNG (dropout) and return a generator (masking) for this step and process."""
-    seed = step_seed(stage, step, rank)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed + 1)
 
 
 # ---- schedule -------------------------------------------------------------------------------------
@@ -173,6 +131,9 @@ class StageRunner:
         self.rank, self.world = init_distributed()
         self.device = device or process_device() or default_device()
         self.precision = resolve_precision(stage.precision, self.device)
+        self.full = stage.finetune == "full"
+        if self.full and self.precision == "bf16":  # weights that train stay float32: bf16 comes from autocast
+            self.precision = "bf16-autocast"
         self.stacked = list(earlier_adapters or []) if base_dtype(self.precision) != torch.float32 else []
         self.order_cache: dict = {}
         self.best = ckpt.BestKeeper(out_dir / "best")
@@ -188,8 +149,11 @@ class StageRunner:
         self.dropout = set_dropout(self.encoder.model, attention=stage.attention_dropout,
                                    hidden=stage.hidden_dropout) if stage.objective != "mntp" else None
         torch.manual_seed(stage.seed)  # LoRA's initial weights: the same in every run and every process
-        self.peft = attach_lora(self.encoder.model, stage.lora)  # LoRA weights in float32 whatever the base
-        stack_frozen_adapters(self.peft, self.stacked)
+        if self.full:
+            self.peft = prepare_full_finetune(self.encoder.model)
+        else:
+            self.peft = attach_lora(self.encoder.model, stage.lora)  # LoRA weights in float32 whatever the base
+            stack_frozen_adapters(self.peft, self.stacked)
         if stage.gradient_checkpointing:
             self.encoder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.params = trainable_parameters(self.peft)
@@ -214,9 +178,15 @@ class StageRunner:
         logger.warning("resuming stage %s from %s", self.stage.name, latest)
         return state["step"]
 
+    def anneal_attention(self, step: int) -> None:
+        """With `bidirectional_anneal_steps`, weight future tokens by step / N (0: causal), 1 from step N on."""
+        if self.stage.bidirectional_anneal_steps:
+            set_future_weight(self.encoder.model, annealed_weight(step, self.stage.bidirectional_anneal_steps))
+
     def train_step(self, step: int) -> tuple[float, int, int]:
         """One optimiser step (with accumulation); returns (loss, real tokens, padded tokens) of this process."""
         stage, generator = self.stage, step_generator(self.stage, step, self.rank)
+        self.anneal_attention(step)
         total, tokens, padded = 0.0, 0, 0
         for micro in range(stage.grad_accum):
             indices = batch_indices(len(self.examples), step, micro, stage, self.rank, self.world,
@@ -270,6 +240,7 @@ class StageRunner:
         """Dev score of the current weights (rank 0, dropout off), kept if it is the best and `keep_best`."""
         if not self.stage.eval_every:
             return {}
+        self.anneal_attention(step)  # scored with the attention of that step
         result = self._dev_score(step) if self.dev is not None else {}
         if log and result:
             self._log({"step": step, "elapsed": elapsed, **result})
@@ -307,6 +278,7 @@ class StageRunner:
                 logger.warning("stage %s ends with the best dev weights (step %d)", self.stage.name, self.best.step)
             if self.dropout is not None:
                 restore_dropout(self.encoder.model, self.dropout)
+            self.anneal_attention(self.stage.max_steps)  # fully bidirectional, plain sdpa, before saving
             self.peft.eval()
             self.encoder.config.max_length = self.recipe.max_length
             self.encoder.config.training = {**self.encoder.config.training, self.stage.name: self._stage_record()}
@@ -327,6 +299,8 @@ class StageRunner:
     def _merged_float32(self) -> torch.nn.Module:
         """The adapter folded into float32 base weights. A bf16-trained adapter is merged into the
         float32 weights it started from (reloaded), never into their bf16 copy."""
+        if self.full:
+            return self.peft  # trained in place, in float32
         if base_dtype(self.precision) == torch.float32:
             return merge_lora(self.peft)
         from transformers import AutoModel
@@ -340,7 +314,10 @@ class StageRunner:
         return merged.to(self.device).eval()
 
     def _save_adapter(self) -> None:
-        """Adapter dir loadable by Encoder.from_pretrained: LoRA weights + lm2vec config naming its base."""
+        """Adapter dir loadable by Encoder.from_pretrained: LoRA weights + lm2vec config naming its base.
+        A fully fine-tuned stage has no adapter: its saved encoder is the result."""
+        if self.full:
+            return
         adapter_dir = self.out_dir / "adapter"
         self.peft.save_pretrained(adapter_dir, selected_adapters=["default"])  # not the stacked earlier ones
         self.encoder.tokenizer.save_pretrained(adapter_dir)
@@ -387,5 +364,6 @@ def train(recipe: Recipe, output: str | Path, resume: bool = False, device: str 
         else:
             StageRunner(recipe, stage, model_path, stage_dir, final_dir, resume, device, adapters).run()
         model_path = str(final_dir)
-        adapters = [*adapters, stage_dir / "adapter"]
+        # a fully fine-tuned stage leaves no adapter: later stages start from its weights as they are
+        adapters = [] if stage.finetune == "full" else [*adapters, stage_dir / "adapter"]
     return output / "encoder"

@@ -10,7 +10,8 @@ import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from peft import LoraConfig, PeftModel, get_peft_model
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from peft.helpers import disable_input_dtype_casting
 from torch import nn
 
@@ -76,3 +77,28 @@ def merge_lora(peft_model: PeftModel) -> nn.Module:
 
 def trainable_parameters(model: nn.Module) -> list:
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def prepare_full_finetune(model: nn.Module) -> nn.Module:
+    """Every weight trains except the input embeddings: most small decoders tie them to the LM head, which
+    MNTP reads as a fixed target, and their rows for rare tokens would only drift on a small corpus."""
+    model.requires_grad_(True)
+    model.get_input_embeddings().requires_grad_(False)
+    return model
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights a checkpoint keeps: the trainable adapter's, or every trained weight of a plain model."""
+    if isinstance(model, PeftModel):
+        return get_peft_model_state_dict(model)
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Put back what `trainable_state` returned."""
+    if isinstance(model, PeftModel):
+        set_peft_model_state_dict(model, tensors)
+        return
+    unexpected = model.load_state_dict(tensors, strict=False).unexpected_keys
+    if unexpected:
+        raise ValueError(f"checkpoint holds weights this model does not have: {unexpected[:3]}")

@@ -72,6 +72,9 @@ class StageConfig:
     warmup_steps: int = 0
     max_length: int = 128
     lora: LoraSettings = field(default_factory=LoraSettings)
+    # lora: train LoRA adapters (LLM2Vec); full: train every weight but the input embeddings (a small
+    # model's weights and AdamW states fit in memory; float32 master weights, bf16 autocast where it pays)
+    finetune: str = "lora"
     merge: bool = True  # merge the adapter into the weights before the next stage (LLM2Vec does for MNTP)
     # MNTP
     mask_rate: float = 0.2
@@ -97,6 +100,9 @@ class StageConfig:
     eval_limit: int | None = 500  # dev pairs used (a fixed seeded sample); None: all
     eval_instruction: str | None = None  # instruction put on both sides of each dev pair
     keep_best: bool = False  # end the stage with the weights of the best dev score, not the last step
+    # attention goes from causal to bidirectional over this stage's first N steps (future tokens weighted
+    # 0 -> 1; see core/soft_bidirectional.py); 0: bidirectional from the first step, as in the paper
+    bidirectional_anneal_steps: int = 0
     # loop
     gradient_checkpointing: bool = False
     precision: str = "auto"
@@ -124,6 +130,8 @@ class StageConfig:
         _check(self.mask_strategy in ("80-10-10", "all-mask"), f"stage {self.name!r}: bad mask_strategy")
         _check(0 <= self.attention_dropout < 1, f"stage {self.name!r}: attention_dropout must be in [0, 1)")
         _check(self.precision in PRECISIONS, f"stage {self.name!r}: precision must be one of {PRECISIONS}")
+        _check(self.finetune in ("lora", "full"), f"stage {self.name!r}: finetune must be 'lora' or 'full', "
+               f"got {self.finetune!r}")
         _check(self.scale > 0, f"stage {self.name!r}: scale must be > 0")
         _check(self.text_unit in ("line", "paragraph", "sentence"), f"stage {self.name!r}: bad text_unit")
         _check(self.objective != "simcse" or self.batch_size >= 2, "simcse needs batch_size >= 2 (in-batch negatives)")
@@ -139,6 +147,9 @@ class StageConfig:
         _check(not self.eval_every or bool(self.eval_data), f"stage {self.name!r}: eval_every needs eval_data")
         _check(not self.keep_best or self.eval_every > 0, f"stage {self.name!r}: keep_best needs eval_every > 0")
         _check(self.eval_limit is None or self.eval_limit >= 2, f"stage {self.name!r}: eval_limit must be >= 2")
+        _check(0 <= self.bidirectional_anneal_steps <= self.max_steps,
+               f"stage {self.name!r}: bidirectional_anneal_steps must be in [0, max_steps] (the stage must end "
+               f"fully bidirectional), got {self.bidirectional_anneal_steps}")
 
 
 @dataclass
@@ -159,6 +170,9 @@ class Recipe:
         check_pooling_mode(self.pooling)
         names = [s.name for s in self.stages]
         _check(len(set(names)) == len(names), f"stage names must be unique, got {names}")
+        annealed = [s.name for s in self.stages if s.bidirectional_anneal_steps]
+        _check(self.bidirectional or not annealed,
+               f"stage {annealed[0] if annealed else ''!r}: bidirectional_anneal_steps needs bidirectional: true")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
