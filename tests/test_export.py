@@ -15,13 +15,15 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import byte_tokenizer, tiny_encoder, tiny_model
-from transformers import AutoModel
+from conftest import COMMON, byte_tokenizer, tiny_encoder, tiny_model
+from transformers import AutoConfig, AutoModel
 from typer.testing import CliRunner
 
 from lm2vec import Encoder, EncoderConfig, is_bidirectional
 from lm2vec.export import ExportError, cosines, export_merged, export_sentence_transformers
+from lm2vec.export.engines import ENGINE_FLAGS, engine_flag_changes
 from lm2vec.export.model_card import MARKER, render_model_card
+from lm2vec.export.sentence_transformers import ST_POOLING
 
 TEXTS = ["A man is playing a guitar.", "cats", "The committee postponed its decision until the next meeting."]
 
@@ -68,6 +70,8 @@ def test_sentence_transformers_folder_loads_without_lm2vec(tmp_path):
     assert cosines(np.array(got["query"], dtype=np.float32), want).min() >= 0.9999
 
 
+LEGACY_KEY = {"mean": "pooling_mode_mean_tokens", "weighted_mean": "pooling_mode_weightedmean_tokens",
+              "last": "pooling_mode_lasttoken", "first": "pooling_mode_cls_token"}
 CASES = [
     ("llama", "mean", True),
     ("qwen2", "last", True),
@@ -92,6 +96,10 @@ def test_sentence_transformers_export_matches_each_pooling(tmp_path, model_type,
     [pooling_file] = (tmp_path / "st").glob("*_Pooling/config.json")  # 2_Pooling after a BOS WordWeights
     pooling_config = json.loads(pooling_file.read_text())
     assert pooling_config["include_prompt"] is False
+    legacy = {k: v for k, v in pooling_config.items() if k.startswith("pooling_mode_")}  # what TEI parses
+    assert legacy == {key: key == LEGACY_KEY[pooling] for key in LEGACY_KEY.values()} | {
+        "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False}
+    assert model[-1].pooling_mode == ST_POOLING[pooling]  # sentence-transformers still reads `pooling_mode`
 
 
 @pytest.mark.parametrize("pooling", ["weighted_mean", "first"])
@@ -129,6 +137,49 @@ def test_merged_export_is_plain_bidirectional_safetensors(tmp_path):
     )
 
 
+# ---- the flags serving engines read -------------------------------------------------------------
+FLAGGED = {"qwen2": {"is_causal": False}, "qwen3": {"is_causal": False, "use_bidirectional_attention": True},
+           "llama": {"is_causal": False, "use_bidirectional_attention": True},
+           "mistral": {"is_causal": False, "use_bidirectional_attention": True},
+           "gemma3_text": {"is_causal": False, "use_bidirectional_attention": True}}
+
+
+def small_window_gemma3(window: int = 6):
+    """A tiny Gemma 3 whose two layers are both sliding-window layers with a window shorter than the texts."""
+    config = AutoConfig.for_model("gemma3_text", **COMMON, sliding_window=window)
+    torch.manual_seed(0)
+    return AutoModel.from_config(config, attn_implementation="sdpa").eval()
+
+
+@pytest.mark.parametrize("model_type", sorted(FLAGGED))
+def test_merged_export_writes_the_flag_each_engine_reads(tmp_path, model_type):
+    model = small_window_gemma3() if model_type == "gemma3_text" else tiny_model(model_type)
+    encoder = Encoder(model, byte_tokenizer(), EncoderConfig(max_length=64))
+    assert export_merged(encoder, tmp_path / "m") >= 0.9999
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert {k: config.get(k) for k in FLAGGED[model_type]} == FLAGGED[model_type]
+    assert FLAGGED[model_type] == {"is_causal": False, **ENGINE_FLAGS[model_type]}
+    reloaded = AutoModel.from_pretrained(tmp_path / "m")
+    assert is_bidirectional(reloaded)  # transformers still loads it bidirectionally, with no lm2vec code
+    long = ["The committee postponed its decision until the next meeting, citing incomplete data.", "cats"]
+    again = Encoder.from_pretrained(tmp_path / "m", device="cpu").encode(long)
+    assert np.abs(again - encoder.encode(long)).max() < 1e-5  # attention unchanged, sliding window included
+    if model_type == "gemma3_text":  # transformers' own convention: stored doubled (minus 2), halved on load
+        assert config["sliding_window"] == 10 and reloaded.config.sliding_window == 6
+
+
+def test_sentence_transformers_export_writes_the_same_flags(tmp_path):
+    export_sentence_transformers(tiny_encoder("qwen3"), tmp_path / "st")
+    config = json.loads((tmp_path / "st" / "config.json").read_text())
+    assert config["is_causal"] is False and config["use_bidirectional_attention"] is True
+
+
+def test_causal_encoder_gets_no_engine_flags():
+    causal = Encoder(tiny_model("qwen3"), byte_tokenizer(), EncoderConfig(bidirectional=False))
+    assert engine_flag_changes(causal.model) == {}
+    assert engine_flag_changes(tiny_encoder("gpt2").model) == {}  # no engine reads a flag for it
+
+
 def test_merged_export_folds_lora_in(tmp_path):
     from lm2vec.training.lora import attach_lora
     from lm2vec.training.recipe import LoraSettings
@@ -152,12 +203,17 @@ def test_cli_export_writes_both_formats(tmp_path):
 
     source = tiny_encoder(max_length=32).save_pretrained(tmp_path / "enc")
     runner = CliRunner()
+    prompts = ["--prompt", "query=Retrieve passages:", "--default-prompt", "query"]
     for fmt in ("merged", "sentence-transformers"):
-        result = runner.invoke(app, ["export", str(source), str(tmp_path / fmt), "--format", fmt])
+        result = runner.invoke(app, ["export", str(source), str(tmp_path / fmt), "--format", fmt, *prompts])
         assert result.exit_code == 0, result.output
         assert "min cosine" in result.output and (tmp_path / fmt / "config.json").is_file()
+    st_config = json.loads((tmp_path / "sentence-transformers" / "config_sentence_transformers.json").read_text())
+    assert st_config["default_prompt_name"] == "query" and st_config["prompts"]["query"] == "Retrieve passages: "
     bad = runner.invoke(app, ["export", str(source), str(tmp_path / "x"), "--format", "onnx"])
     assert bad.exit_code != 0 and not (tmp_path / "x").exists()
+    bad = runner.invoke(app, ["export", str(source), str(tmp_path / "x"), "--format", "merged", "--default-prompt", "q"])
+    assert isinstance(bad.exception, ValueError) and "names no --prompt" in str(bad.exception)  # a usage error
 
 
 # ---- model cards ------------------------------------------------------------------------------------

@@ -15,9 +15,11 @@ The tree and what each package may import (tests/test_layout.py checks it):
 __version__ = "0.1.0"
 
 from lm2vec.core.bidirectional import BidirectionalError, is_bidirectional, make_bidirectional  # noqa: E402
-from lm2vec.core.encoder import SAVE_HOOKS, Encoder, EncoderConfig  # noqa: E402
+from lm2vec.core.encoder import CONVERTERS, SAVE_HOOKS, Encoder, EncoderConfig  # noqa: E402
 from lm2vec.export.model_card import write_model_card  # noqa: E402
+from lm2vec.export.sentence_transformers import to_sentence_transformer  # noqa: E402
 
 SAVE_HOOKS.append(write_model_card)  # every saved encoder folder gets a model card
+CONVERTERS["sentence-transformers"] = to_sentence_transformer  # Encoder.to_sentence_transformer()
 
 __all__ = ["Encoder", "EncoderConfig", "BidirectionalError", "make_bidirectional", "is_bidirectional", "__version__"]

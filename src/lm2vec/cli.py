@@ -337,6 +337,7 @@ def export_model(
     output: Path = typer.Argument(..., help="new or empty folder to write (or an earlier export, with --overwrite)"),
     format: str = typer.Option(..., "--format", "-f", help="sentence-transformers | merged"),
     prompt: list[str] = typer.Option([], help="sentence-transformers prompt NAME=INSTRUCTION (repeatable)"),
+    default_prompt: str = typer.Option(None, help="prompt NAME that encode() applies when none is given"),
     eval_results: Path = typer.Option(None, exists=True, dir_okay=False, help="evaluation JSON for the model card"),
     verify: bool = typer.Option(True, help="reload the export and check it gives lm2vec's vectors"),
     dtype: str = typer.Option(None, help="weights dtype (default float32)"),
@@ -348,8 +349,10 @@ def export_model(
     prompts = dict(item.split("=", 1) for item in prompt if "=" in item)
     if len(prompts) != len(prompt):
         raise ValueError("--prompt takes NAME=INSTRUCTION")
+    if default_prompt and default_prompt not in prompts:
+        raise ValueError(f"--default-prompt {default_prompt!r} names no --prompt (given: {sorted(prompts) or 'none'})")
     report = run_export(model, output, format, prompts=prompts, eval_results=eval_results, verify=verify, dtype=dtype,
-                        overwrite=overwrite)
+                        overwrite=overwrite, default_prompt_name=default_prompt)
     console.print(f"wrote {format} export to {output}" + (f" (min cosine vs lm2vec {report:.6f})" if report else ""))
 
 

@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +40,9 @@ PROGRESS_MIN_TEXTS = 256
 # Called as hook(staging_folder, encoder, previous=target_folder) before a saved folder moves into
 # place. lm2vec/__init__.py adds the model-card writer (export/model_card.py): core never imports export.
 SAVE_HOOKS: list[Callable[..., None]] = []
+# Converters to other libraries' live objects, by name; lm2vec/__init__.py installs export/'s
+# sentence-transformers builder as "sentence-transformers", for the same reason.
+CONVERTERS: dict[str, Callable[..., Any]] = {}
 
 
 @dataclass
@@ -253,6 +257,14 @@ class Encoder(nn.Module):
                     vectors = torch.nn.functional.normalize(vectors, dim=-1)
                 out[indices] = vectors.cpu().numpy()
         return out
+
+    def to_sentence_transformer(self, prompts: dict[str, str] | None = None, default_prompt_name: str | None = None,
+                                strict: bool = True):
+        """This encoder as a live `sentence_transformers.SentenceTransformer` on the same backbone (no copy):
+        same attention, pooling and max length; `prompts` ({"query": instruction}) become named prompts, so
+        `encode_query` gives `encode(texts, instruction=...)`. Refuses what it cannot reproduce exactly
+        (see lm2vec.export.sentence_transformers; needs the `export` extra)."""
+        return CONVERTERS["sentence-transformers"](self, prompts, default_prompt_name, strict)
 
     # ---- persistence ----------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> Path:

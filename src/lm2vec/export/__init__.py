@@ -9,6 +9,7 @@ reset to True on load); most architectures pass the config flag down to the kern
 causal. So every export is checked with the real loader: unpadded inputs must be bidirectional, and
 the reloaded folder must reproduce lm2vec's vectors. Where sdpa fails the check, the
 sentence-transformers folder pins eager attention (`model_kwargs` in sentence_bert_config.json).
+Serving engines that reimplement an architecture read their own flag; export/engines.py writes it.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from lm2vec.core.encoder import Encoder
 from lm2vec.export.common import ExportError, check_output_folder, cosines
 from lm2vec.export.merged import export_merged
 from lm2vec.export.model_card import find_eval_results
-from lm2vec.export.sentence_transformers import export_sentence_transformers
+from lm2vec.export.sentence_transformers import export_sentence_transformers, to_sentence_transformer
 
 __all__ = ["FORMATS", "ExportError", "check_output_folder", "cosines", "export", "export_merged",
-           "export_sentence_transformers"]
+           "export_sentence_transformers", "to_sentence_transformer"]
 
 
 FORMATS = ("sentence-transformers", "merged")
@@ -38,6 +39,7 @@ def export(
     verify: bool = True,
     dtype: str | None = None,
     overwrite: bool = False,
+    default_prompt_name: str | None = None,
 ) -> float | None:
     """Load MODEL (adapters merged) on the CPU and write it in `fmt`; returns the verified min cosine."""
     if fmt not in FORMATS:
@@ -47,4 +49,5 @@ def export(
     results = json.loads(Path(eval_results).read_text()) if eval_results else find_eval_results(Path(model))
     if fmt == "merged":
         return export_merged(encoder, output, eval_results=results, verify=verify)
-    return export_sentence_transformers(encoder, output, prompts, eval_results=results, verify=verify)
+    return export_sentence_transformers(encoder, output, prompts, eval_results=results, verify=verify,
+                                        default_prompt_name=default_prompt_name)

@@ -4,6 +4,10 @@ lm2vec's config beside them, and the check that the exported folder reproduces l
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import json
+import shutil
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +16,7 @@ import numpy as np
 from torch import nn
 
 from lm2vec.core.encoder import CONFIG_NAME, Encoder
-from lm2vec.io import staging_dir
+from lm2vec.io import replace_dir, staging_dir
 
 MIN_COSINE = 0.9999
 
@@ -53,17 +57,25 @@ def plain_model(encoder: Encoder) -> nn.Module:
     return model
 
 
-def save_hf(encoder: Encoder, folder: Path) -> None:
-    """Weights + tokenizer as transformers saves them; right padding so default position ids match ours."""
-    plain_model(encoder).save_pretrained(folder)
-    tokenizer = encoder.tokenizer
-    side, tokenizer.padding_side = tokenizer.padding_side, "right"
+def serving_tokenizer(encoder: Encoder):
+    """A copy of the tokenizer that pads on the right, so the default position ids of a plain forward pass
+    (0, 1, ... from the left) are the ones lm2vec gives; the encoder's own tokenizer is left as it is."""
+    tokenizer = copy.deepcopy(encoder.tokenizer)
+    tokenizer.padding_side = "right"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # padding is masked out; any id will do
-    try:
-        tokenizer.save_pretrained(folder)
-    finally:
-        tokenizer.padding_side = side
+    return tokenizer
+
+
+def save_hf(encoder: Encoder, folder: Path) -> None:
+    """Weights + right-padding tokenizer as transformers saves them."""
+    plain_model(encoder).save_pretrained(folder)
+    serving_tokenizer(encoder).save_pretrained(folder)
+
+
+def update_json(path: Path, values: dict) -> None:
+    """Add or replace top-level keys of a JSON file that a library wrote (keys kept sorted, as transformers does)."""
+    path.write_text(json.dumps({**json.loads(path.read_text()), **values}, indent=2, sort_keys=True) + "\n")
 
 
 def write_lm2vec_config(encoder: Encoder, folder: Path) -> None:
@@ -85,9 +97,17 @@ def check_close(reference: np.ndarray, exported: np.ndarray, what: str) -> float
     return worst
 
 
+@contextlib.contextmanager
 def staged(output: Path):
-    """A fresh folder beside `output` (same filesystem, so the final rename is atomic)."""
-    return staging_dir(output, tag="export")
+    """A fresh folder beside `output` (same filesystem, so the final rename is atomic) that replaces `output`
+    when the block succeeds and is deleted when it fails: nothing half-written or unverified is left."""
+    staging = staging_dir(output, tag="export")
+    try:
+        yield staging
+        replace_dir(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def probe_vectors(encoder: Encoder, batch_size: int = 1) -> np.ndarray:

@@ -1,10 +1,10 @@
 """The merged export: plain safetensors + tokenizer + lm2vec_config.json + model card, for serving
-engines and plain transformers (config.json says `"is_causal": false`; see export/__init__.py).
+engines and plain transformers (config.json says `"is_causal": false`, see export/__init__.py, plus the
+flag each serving engine reads for the architecture, see export/engines.py).
 """
 
 from __future__ import annotations
 
-import shutil
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -20,8 +20,8 @@ from lm2vec.export.common import (
     staged,
     write_lm2vec_config,
 )
+from lm2vec.export.engines import write_engine_flags
 from lm2vec.export.model_card import write_model_card
-from lm2vec.io import replace_dir
 
 
 def export_merged(
@@ -29,16 +29,12 @@ def export_merged(
 ) -> float | None:
     """Plain safetensors + tokenizer + lm2vec_config.json + card, for serving engines and transformers."""
     output = Path(output)
-    staging = staged(output)
-    try:
+    with staged(output) as staging:
         save_hf(encoder, staging)
+        write_engine_flags(staging, encoder.model)
         write_lm2vec_config(encoder, staging)
         write_model_card(staging, encoder, output, fmt="merged", eval_results=eval_results)
         worst = verify_merged(encoder, staging) if verify else None
-        replace_dir(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return worst
 
 

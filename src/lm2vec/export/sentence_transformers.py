@@ -1,14 +1,25 @@
-"""The sentence-transformers export: a folder `SentenceTransformer(path)` loads with no lm2vec code,
-with the encoder's pooling, prompts for instructions, and eager attention pinned where sdpa would
-turn causal (see export/__init__.py).
+"""The sentence-transformers route, live and on disk.
+
+`Encoder.to_sentence_transformer()` wraps the encoder's own backbone (no copy, no weights on disk) in a
+`SentenceTransformer` with the encoder's pooling, max length and instructions as named prompts. The
+folder export saves that same live model, adds what other readers need (the legacy pooling keys that
+text-embeddings-inference parses, the engines' attention flags, lm2vec's config, a card) and checks
+that `SentenceTransformer(path)` loads it bidirectionally and gives lm2vec's vectors, pinning eager
+attention where sdpa would turn causal (see export/__init__.py).
+
+What sentence-transformers cannot reproduce exactly is refused: pooling modes it cannot express for
+plain inputs always, prompts it would pool differently in the live route (the folder export keeps its
+documented behaviour and warns, see docs/serving.md).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import tempfile
 import warnings
 from pathlib import Path
+
+from torch import nn
 
 from lm2vec.core.bidirectional import is_bidirectional
 from lm2vec.core.encoder import Encoder
@@ -17,58 +28,113 @@ from lm2vec.export.common import (
     PROBE_TEXTS,
     ExportError,
     check_close,
+    plain_model,
     probe_vectors,
-    save_hf,
+    serving_tokenizer,
     staged,
+    update_json,
     write_lm2vec_config,
 )
+from lm2vec.export.engines import write_engine_flags
 from lm2vec.export.model_card import write_model_card
-from lm2vec.io import replace_dir
 
 ST_POOLING = {"mean": "mean", "weighted_mean": "weightedmean", "last": "lasttoken", "first": "cls"}
-
+# sentence-transformers' mode -> the boolean key older readers parse (text-embeddings-inference reads
+# pooling_mode_cls_token, pooling_mode_mean_tokens and pooling_mode_lasttoken from 1_Pooling/config.json).
+LEGACY_POOLING_KEYS = {
+    "cls": "pooling_mode_cls_token",
+    "mean": "pooling_mode_mean_tokens",
+    "max": "pooling_mode_max_tokens",
+    "mean_sqrt_len_tokens": "pooling_mode_mean_sqrt_len_tokens",
+    "weightedmean": "pooling_mode_weightedmean_tokens",
+    "lasttoken": "pooling_mode_lasttoken",
+}
 TEXT_ONLY = {"text": {"method": "forward", "method_output_name": "last_hidden_state"}}
+PROMPT_PROBE = "hello world"
 
 
-def _st_prompts(encoder: Encoder, prompts: dict[str, str] | None) -> dict[str, str]:
-    """Instructions as sentence-transformers prompts (the exact prefix lm2vec puts before the text).
+def to_sentence_transformer(
+    encoder: Encoder,
+    prompts: dict[str, str] | None = None,
+    default_prompt_name: str | None = None,
+    strict: bool = True,
+):
+    """A live `SentenceTransformer` sharing the encoder's backbone: same weights, attention, pooling, max length.
 
-    sentence-transformers skips len(tokenize(prompt)) tokens when pooling; lm2vec skips the tokens that
-    end inside the prefix. They differ when the prefix's last token merges with the text's first
-    (e.g. a trailing space in BPE vocabularies): warn, since pooled vectors then differ slightly."""
-    out = {
-        name: format_prefix(text, encoder.config.instruction_template)
-        for name, text in (prompts or {}).items()
-    }
+    `prompts` maps names to instructions (`{"query": "Retrieve passages:"}`); each becomes the exact prefix
+    lm2vec puts before a text, so `model.encode_query(texts)` equals `encoder.encode(texts, instruction=...)`.
+    A prompt that sentence-transformers would pool differently raises ExportError unless `strict=False`
+    (then it warns). Prompts passed ad hoc to `encode(prompt=...)` are not checked."""
+    named = st_prompts(encoder, prompts, strict)
+    return _build(encoder, encoder.model, named, default_prompt_name)
+
+
+def _build(encoder: Encoder, model: nn.Module, prompts: dict[str, str], default_prompt_name: str | None):
+    from sentence_transformers import SentenceTransformer
+
+    pooling = _pooling_modules(encoder)  # refuses what cannot be expressed before any work is done
+    modules = [_live_transformer(encoder, model), *pooling]
+    return SentenceTransformer(modules=modules, prompts=prompts, default_prompt_name=default_prompt_name,
+                               similarity_fn_name="cosine", device=str(encoder.device))
+
+
+def _live_transformer(encoder: Encoder, model: nn.Module):
+    """sentence-transformers' Transformer module around `model` itself.
+
+    Its constructor only loads weights from a path (huggingface/sentence-transformers#2329), so a subclass
+    hands it our backbone in place of its weight loader, and the module then becomes a plain Transformer
+    again (it saves, and reloads, as one). Only the config and the right-padding tokenizer, a few
+    kilobytes, pass through a temporary folder."""
+    from sentence_transformers.base.modules.transformer import Transformer
+
+    class Adopting(Transformer):
+        def _load_model(self, *args, **kwargs):
+            return model
+
+    with tempfile.TemporaryDirectory(prefix="lm2vec-st-") as folder:
+        serving_tokenizer(encoder).save_pretrained(folder)
+        model.config.save_pretrained(folder)
+        module = Adopting(folder, max_seq_length=encoder.config.max_length, modality_config=TEXT_ONLY,
+                          module_output_name="token_embeddings")
+    module.__class__ = Transformer
+    return module
+
+
+def st_prompts(encoder: Encoder, prompts: dict[str, str] | None, strict: bool = True) -> dict[str, str]:
+    """Instructions as sentence-transformers prompts: the exact prefix lm2vec puts before the text.
+
+    sentence-transformers prepends the prompt and leaves len(tokenize(prompt)) tokens out of pooling;
+    where that does not give lm2vec's vector (see `_prompt_problem`) raise, or warn if not `strict`."""
+    out = {name: format_prefix(text, encoder.config.instruction_template) for name, text in (prompts or {}).items()}
     for name, prefix in out.items():
-        [ours] = encoder.tokenize([(prompts[name], "hello world")])
-        ids = encoder.tokenizer(prefix)["input_ids"]
-        theirs = len(ids) - int(
-            ids[-1] in encoder.tokenizer.all_special_ids
-        )  # as sentence-transformers counts
-        [plain] = encoder.tokenize([(None, "hello world")])
-        if theirs != ours.skip or encoder.config.pooling == "weighted_mean" or plain.skip:
-            warnings.warn(
-                f"prompt {name!r}: sentence-transformers will pool slightly different tokens or weights "
-                "than lm2vec for instructed inputs; plain inputs are unaffected",
-                stacklevel=3,
-            )
+        problem = _prompt_problem(encoder, prompts[name], prefix)
+        if problem and strict:
+            raise ExportError(f"prompt {name!r}: {problem}, so its vectors would differ from lm2vec's; "
+                              "pass strict=False to accept that, or use lm2vec (or its server) for instructions")
+        if problem:
+            warnings.warn(f"prompt {name!r}: {problem}; sentence-transformers will pool slightly different "
+                          "tokens or weights than lm2vec for instructed inputs (plain inputs are unaffected)",
+                          stacklevel=3)
     return out
 
 
-def _build_st(encoder: Encoder, folder: Path, prompts: dict[str, str], model_kwargs: dict):
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.base.modules.transformer import Transformer
-
-    transformer = Transformer(
-        str(folder),
-        max_seq_length=encoder.config.max_length,
-        modality_config=TEXT_ONLY,
-        module_output_name="token_embeddings",
-        model_kwargs=model_kwargs,
-    )
-    modules = [transformer, *_pooling_modules(encoder)]
-    return SentenceTransformer(modules=modules, prompts=prompts, similarity_fn_name="cosine", device="cpu")
+def _prompt_problem(encoder: Encoder, instruction: str, prefix: str) -> str | None:
+    """Why sentence-transformers would pool an input with this prompt differently from lm2vec, if it would."""
+    if not prefix:
+        return None
+    pooling = encoder.config.pooling
+    if pooling == "weighted_mean":
+        return "with weighted_mean, sentence-transformers keeps the position weights the text has after the prompt"
+    [plain] = encoder.tokenize([(None, PROMPT_PROBE)])
+    if plain.skip and pooling == "mean":
+        return "the zero weight for the leading special token leaves the prompt's tokens in the mean's divisor"
+    [ours] = encoder.tokenize([(instruction, PROMPT_PROBE)])
+    ids = encoder.tokenizer(prefix)["input_ids"]
+    theirs = len(ids) - int(ids[-1] in encoder.tokenizer.all_special_ids)  # as sentence-transformers counts
+    if theirs != ours.skip:
+        return (f"sentence-transformers leaves {theirs} prompt tokens out of pooling where lm2vec leaves "
+                f"{ours.skip} (the prompt's last token merges with the text's first)")
+    return None
 
 
 def _pooling_modules(encoder: Encoder) -> list:
@@ -79,10 +145,8 @@ def _pooling_modules(encoder: Encoder) -> list:
     `weighted_mean` and `first` would count or pick the BOS, so those are refused (`last` never sees it)."""
     from sentence_transformers.sentence_transformer.modules import Pooling, WordWeights
 
-    pooling = Pooling(
-        encoder.embedding_dim, pooling_mode=ST_POOLING[encoder.config.pooling], include_prompt=False
-    )
-    [probe] = encoder.tokenize([(None, "hello world")])
+    pooling = Pooling(encoder.embedding_dim, pooling_mode=ST_POOLING[encoder.config.pooling], include_prompt=False)
+    [probe] = encoder.tokenize([(None, PROMPT_PROBE)])
     skipped = sorted(set(probe.ids[: probe.skip]))
     if not skipped or encoder.config.pooling == "last":
         return [pooling]
@@ -93,28 +157,12 @@ def _pooling_modules(encoder: Encoder) -> list:
         )
     tokenizer = encoder.tokenizer
     size = max(len(tokenizer), encoder.model.get_input_embeddings().num_embeddings)
-    vocab = [
-        token or f"<lm2vec-unused-{i}>"
-        for i, token in enumerate(tokenizer.convert_ids_to_tokens(range(size)))
-    ]
+    vocab = [token or f"<lm2vec-unused-{i}>" for i, token in enumerate(tokenizer.convert_ids_to_tokens(range(size)))]
     weights = WordWeights(vocab, {vocab[i]: 0.0 for i in skipped}, unknown_word_weight=1.0)
     zeroed = (weights.emb_layer.weight == 0).nonzero()[:, 0].tolist()
     if zeroed != skipped:  # WordWeights also matches lower-cased strings: never silently drop real tokens
         raise ExportError(f"cannot give only token ids {skipped} zero weight (also hits {zeroed})")
     return [weights, pooling]
-
-
-def _bidirectional_st(encoder: Encoder, folder: Path, prompts: dict[str, str]) -> tuple[object, dict]:
-    """A SentenceTransformer whose plainly loaded backbone is bidirectional: default attention, else eager."""
-    for model_kwargs in ({}, {"attn_implementation": "eager"}):
-        model = _build_st(encoder, folder, prompts, model_kwargs)
-        if is_bidirectional(model[0].model):
-            return model, model_kwargs
-    model_type = encoder.model.config.model_type
-    raise ExportError(
-        f"'{model_type}' stays causal when loaded by sentence-transformers even with "
-        "is_causal=false and eager attention; this architecture cannot be exported this way"
-    )
 
 
 def export_sentence_transformers(
@@ -123,35 +171,52 @@ def export_sentence_transformers(
     prompts: dict[str, str] | None = None,
     eval_results: dict | None = None,
     verify: bool = True,
+    default_prompt_name: str | None = None,
 ) -> float | None:
     """A folder that `SentenceTransformer(output)` loads without lm2vec: weights, Pooling, prompts, card."""
     output = Path(output)
-    staging = staged(output)
-    try:
-        save_hf(encoder, staging / "hf")
-        model, model_kwargs = _bidirectional_st(encoder, staging / "hf", _st_prompts(encoder, prompts))
-        folder = staging / "st"
-        model.save(str(folder), create_model_card=False)
-        del model
-        if model_kwargs:  # sentence-transformers does not save these itself; it reads them back on load
-            _update_json(folder / "sentence_bert_config.json", {"model_kwargs": model_kwargs})
-        write_lm2vec_config(encoder, folder)
-        write_model_card(folder, encoder, output, fmt="sentence-transformers", eval_results=eval_results)
-        worst = verify_sentence_transformers(encoder, folder) if verify else None
-        replace_dir(folder, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    named = st_prompts(encoder, prompts, strict=False)
+    with staged(output) as staging:
+        model = plain_model(encoder)
+        _build(encoder, model, named, default_prompt_name).save(str(staging), create_model_card=False)
+        write_engine_flags(staging, model)
+        _add_legacy_pooling_keys(staging)
+        write_lm2vec_config(encoder, staging)
+        write_model_card(staging, encoder, output, fmt="sentence-transformers", eval_results=eval_results)
+        loaded = _load_bidirectional(staging, model.config.model_type)
+        worst = verify_sentence_transformers(encoder, loaded) if verify else None
     return worst
 
 
-def _update_json(path: Path, values: dict) -> None:
-    path.write_text(json.dumps({**json.loads(path.read_text()), **values}, indent=2) + "\n")
+def _add_legacy_pooling_keys(folder: Path) -> None:
+    """Write the boolean pooling keys beside `pooling_mode`: text-embeddings-inference parses only those, and
+    sentence-transformers drops them on load when `pooling_mode` is present (so both read the same mode)."""
+    for path in folder.glob("*_Pooling/config.json"):
+        mode = json.loads(path.read_text())["pooling_mode"]
+        modes = [mode] if isinstance(mode, str) else list(mode)
+        update_json(path, {key: name in modes for name, key in LEGACY_POOLING_KEYS.items()})
 
 
-def verify_sentence_transformers(encoder: Encoder, folder: Path) -> float:
-    """Reload the folder as sentence-transformers would and compare with lm2vec on probe texts."""
+def _load_bidirectional(folder: Path, model_type: str):
+    """Load the folder as its users will; if it comes back causal under the default attention, pin eager
+    attention (`model_kwargs`, which sentence-transformers reads back on load) and try once more."""
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(folder), device="cpu")
-    exported = model.encode(PROBE_TEXTS, batch_size=len(PROBE_TEXTS), convert_to_numpy=True)  # padded batch
+    if is_bidirectional(model[0].model):
+        return model
+    update_json(folder / "sentence_bert_config.json", {"model_kwargs": {"attn_implementation": "eager"}})
+    model = SentenceTransformer(str(folder), device="cpu")
+    if is_bidirectional(model[0].model):
+        return model
+    raise ExportError(
+        f"'{model_type}' stays causal when loaded by sentence-transformers even with "
+        "is_causal=false and eager attention; this architecture cannot be exported this way"
+    )
+
+
+def verify_sentence_transformers(encoder: Encoder, model) -> float:
+    """Compare the reloaded folder's plain vectors (an empty prompt overrides any default prompt) with lm2vec's
+    on the probe texts, in one padded batch."""
+    exported = model.encode(PROBE_TEXTS, prompt="", batch_size=len(PROBE_TEXTS), convert_to_numpy=True)
     return check_close(probe_vectors(encoder), exported, "the sentence-transformers export")
