@@ -39,6 +39,30 @@ def test_encode_rejects_an_empty_input_before_loading_anything(tmp_path):
     assert not (tmp_path / "out.npy").exists()
 
 
+def test_encode_dimensions_and_precision_match_the_library(tmp_path):
+    """Shards hold truncated float vectors; uint8 ranges come from the whole merged input, as in one
+    `encode` call (codes may move by one bucket where float rounding differs between batchings)."""
+    encoder = tiny_encoder()
+    encoder.save_pretrained(tmp_path / "model")
+    texts = [f"text {i} about {'cats ' * (i % 4)}and dogs" for i in range(7)]
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")
+    result = CliRunner().invoke(app, ["encode", "-m", str(tmp_path / "model"), "-i", str(tmp_path / "in.txt"),
+                                      "-o", str(tmp_path / "out.npy"), "--device", "cpu", "--shard-size", "2",
+                                      "--dimensions", "16", "--normalize", "--precision", "uint8"])
+    assert result.exit_code == 0, result.output
+    out = np.load(tmp_path / "out.npy")
+    want = encoder.encode(texts, dimensions=16, normalize=True, precision="uint8")
+    assert out.dtype == np.uint8 and out.shape == (7, 16)
+    assert np.abs(out.astype(int) - want).max() <= 1
+
+
+def test_encode_rejects_an_unknown_precision_before_loading_anything(tmp_path):
+    (tmp_path / "in.txt").write_text("a text\n")
+    result = CliRunner().invoke(app, ["encode", "-m", str(tmp_path / "no-model"), "-i", str(tmp_path / "in.txt"),
+                                      "-o", str(tmp_path / "out.npy"), "--precision", "int4"])
+    assert result.exit_code == 2 and "unknown precision 'int4'" in result.output
+
+
 def test_demo_verdict_needs_every_paraphrase_pair_above_every_unrelated_pair():
     from lm2vec.cli import _verdict, worst_ranking
 

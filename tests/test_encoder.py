@@ -166,3 +166,86 @@ def test_batched_tokenization_equals_each_text_on_its_own():
     batched = tokenize_batch(tokenizer, items, 40)
     assert batched == [tokenize_batch(tokenizer, [item], 40)[0] for item in items]
     assert batched[1].skip > 1 and batched[2].truncated and not batched[0].truncated
+
+
+# ---------------------------------------------------------------- dimensions and precision
+
+TEXTS = [f"text {i} about {'cats ' * (i % 4)}and dogs" for i in range(12)]
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_dimensions_equal_slicing_then_renormalising(normalize):
+    encoder = tiny_encoder()
+    full = encoder.encode(TEXTS)
+    cut = encoder.encode(TEXTS, dimensions=16, normalize=normalize)
+    expected = full[:, :16] / (np.linalg.norm(full[:, :16], axis=1, keepdims=True) if normalize else 1)
+    assert cut.shape == (12, 16) and cut.dtype == np.float32
+    assert np.abs(cut - expected).max() < 1e-6
+    assert np.abs(encoder.encode(TEXTS, dimensions=64, normalize=normalize)
+                  - encoder.encode(TEXTS, normalize=normalize)).max() < 1e-6
+    assert encoder.encode("one text", dimensions=8).shape == (8,)
+    assert encoder.encode([], dimensions=8).shape == (0, 8)
+
+
+@pytest.mark.parametrize("dimensions", [0, -3, 65, 2.5, True])
+def test_dimensions_out_of_range_are_refused_before_any_work(dimensions):
+    with pytest.raises(ValueError, match="dimensions must be an integer between 1 and the model's dimension 64"):
+        tiny_encoder().encode(TEXTS, dimensions=dimensions)
+
+
+@pytest.mark.parametrize(("precision", "dtype", "width"), [
+    ("float32", np.float32, 24), ("int8", np.int8, 24), ("uint8", np.uint8, 24),
+    ("binary", np.int8, 3), ("ubinary", np.uint8, 3),
+])
+def test_precisions_have_the_documented_shapes_and_dtypes(precision, dtype, width):
+    pytest.importorskip("sentence_transformers")
+    out = tiny_encoder().encode(TEXTS, dimensions=24, normalize=True, precision=precision)
+    assert out.shape == (12, width) and out.dtype == dtype
+
+
+def test_quantization_is_sentence_transformers_on_the_truncated_vectors():
+    from sentence_transformers import quantize_embeddings
+
+    encoder = tiny_encoder()
+    cut = encoder.encode(TEXTS, dimensions=24, normalize=True)
+    for precision in ("int8", "uint8", "binary", "ubinary"):
+        ours = encoder.encode(TEXTS, dimensions=24, normalize=True, precision=precision)
+        assert np.array_equal(ours, quantize_embeddings(cut, precision)), precision
+    bits = np.unpackbits(encoder.encode(TEXTS, dimensions=24, precision="ubinary"), axis=1)
+    assert np.array_equal(bits.astype(bool), cut > 0)  # one sign bit per dimension, in order
+
+
+def test_int8_ranges_come_from_calibration_embeddings_when_given():
+    pytest.importorskip("sentence_transformers")
+    encoder = tiny_encoder()
+    calibration = encoder.encode(TEXTS)  # full width: cut and normalised like the output
+    alone = encoder.encode(TEXTS[3], dimensions=24, normalize=True, precision="int8",
+                           calibration_embeddings=calibration)
+    together = encoder.encode(TEXTS, dimensions=24, normalize=True, precision="int8",
+                              calibration_embeddings=calibration[:, :24])
+    assert np.array_equal(alone, together[3])  # the same code whatever else is encoded with it
+    with pytest.raises(ValueError, match="one vector has none: pass calibration_embeddings"):
+        encoder.encode(TEXTS[3], precision="uint8")
+    with pytest.raises(ValueError, match=r"calibration_embeddings must be \(m, 24 or 64\)"):
+        encoder.encode(TEXTS, dimensions=24, precision="int8", calibration_embeddings=calibration[:, :10])
+
+
+def test_unknown_precision_and_missing_sentence_transformers_get_clear_errors(monkeypatch):
+    import sys
+
+    encoder = tiny_encoder()
+    with pytest.raises(ValueError, match="unknown precision 'int4'; use one of float32, int8, uint8, binary, ubinary"):
+        encoder.encode(TEXTS, precision="int4")
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # as if not installed
+    with pytest.raises(ImportError, match="precision='binary' needs sentence-transformers: pip install sentence-transformers"):
+        encoder.encode(TEXTS, precision="binary")
+    assert encoder.encode(TEXTS, dimensions=8).shape == (12, 8)  # float32 never needs it
+
+
+def test_core_imports_without_sentence_transformers():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['sentence_transformers'] = None; import lm2vec, lm2vec.core.postprocess, "
+            "lm2vec.serving.app; assert sys.modules['sentence_transformers'] is None")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent)

@@ -37,8 +37,8 @@ def triplet(i: int) -> Triplet:
                    negatives=[TEXTS[(i + 3) % 16], TEXTS[(i + 5) % 16]][: i % 3])
 
 
-def _task(objective: str, encoder: Encoder, rows: range = range(16)):
-    stage = StageConfig(objective=objective, data="unused", batch_size=len(rows))
+def _task(objective: str, encoder: Encoder, rows: range = range(16), **settings):
+    stage = StageConfig(objective=objective, data="unused", batch_size=len(rows), **settings)
     if objective == "simcse":
         task = SimCSETask(stage, encoder)
         return task, task.collate([TEXTS[i] for i in rows], torch.Generator())
@@ -90,6 +90,21 @@ def test_gradcache_equals_one_full_batch_pass_with_dropout_on(objective, mini):
         assert (embeddings["view1"] - embeddings["view2"]).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("objective", ["simcse", "supervised"])
+def test_gradcache_with_matryoshka_dims_equals_one_full_batch_pass(objective):
+    """The Matryoshka sum is a loss over the cached embeddings like any other: nothing changes for GradCache."""
+    encoder = _encoder()
+    reference = copy.deepcopy(encoder)
+    nested = {"matryoshka_dims": [64, 16, 4], "matryoshka_weights": [1.0, 0.5, 0.25]}
+    task, batch = _task(objective, encoder, **nested)
+    ref_task, _ = _task(objective, reference, **nested)
+    loss = cached_backward(encoder.embed, task.embedding_sides(batch), lambda e: task.loss_from_embeddings(e, batch),
+                           5, SEED)
+    ref_loss, _ = full_batch_backward(reference, ref_task, batch, 5)
+    torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=0)
+    _assert_close(_grads(encoder), _grads(reference))
+
+
 def test_gradcache_without_replayed_dropout_would_be_wrong(monkeypatch):
     """The equality above is not vacuous: if the replay drew new dropout masks, gradients would differ."""
     encoder = _encoder()
@@ -111,12 +126,15 @@ def test_chunks_are_trimmed_to_their_own_padding():
     assert first["attention_mask"].all(dim=1).tolist() == [False, True]
 
 
-def _worker(rank: int, init_file: str, objective: str, result_file: str) -> None:
+NESTED = {"matryoshka_dims": [64, 8], "matryoshka_weights": [1.0, 0.5]}
+
+
+def _worker(rank: int, init_file: str, objective: str, result_file: str, nested: bool = False) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
         encoder = _encoder(0.3 if objective == "simcse" else 0.0)
-        task, batch = _task(objective, encoder, range(rank * 8, (rank + 1) * 8))
+        task, batch = _task(objective, encoder, range(rank * 8, (rank + 1) * 8), **(NESTED if nested else {}))
         loss = cached_backward(encoder.embed, task.embedding_sides(batch),
                                lambda e: task.loss_from_embeddings(e, batch), 3, SEED, rank)
         grads = _grads(encoder)
@@ -130,23 +148,24 @@ def _worker(rank: int, init_file: str, objective: str, result_file: str) -> None
         dist.destroy_process_group()
 
 
-def _one_process_supervised():
+def _one_process_supervised(nested: bool = False):
     """Supervised has ranks with different numbers of hard negatives; with dropout off the reference is
     the plain full-batch loss (16 rows, every negative, duplicates masked across the two halves)."""
     encoder = _encoder(0.0)
-    task, batch = _task("supervised", encoder)
+    task, batch = _task("supervised", encoder, **(NESTED if nested else {}))
     loss = task.loss(batch)
     loss.backward()
     return loss.detach(), _grads(encoder)
 
 
-@pytest.mark.parametrize("objective", ["simcse", "supervised"])
-def test_two_processes_with_gradcache_equal_one_process_with_the_full_batch(objective, tmp_path):
+@pytest.mark.parametrize(("objective", "nested"), [("simcse", False), ("supervised", False), ("supervised", True)])
+def test_two_processes_with_gradcache_equal_one_process_with_the_full_batch(objective, nested, tmp_path):
+    """`nested`: Matryoshka dims, whose per-prefix losses each gather across the two processes."""
     out = tmp_path / "rank0.pt"
-    mp.spawn(_worker, args=(str(tmp_path / "rendezvous"), objective, str(out)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(str(tmp_path / "rendezvous"), objective, str(out), nested), nprocs=2, join=True)
     two = torch.load(out)
     if objective == "supervised":
-        loss, grads = _one_process_supervised()
+        loss, grads = _one_process_supervised(nested)
         torch.testing.assert_close(two["loss"], loss, atol=1e-5, rtol=0)
         _assert_close(two["grads"], grads)
         return

@@ -121,6 +121,43 @@ def test_base64_dimensions_tokens_and_instruction(encoder, expected):
         assert np.abs(instructed - want).max() < 1e-5
 
 
+def test_dimensions_and_precision_take_encodes_path(encoder, expected):
+    """Truncation is `encode(dimensions=)`; quantized vectors are sentence-transformers' codes of the
+    truncated float vectors, as integer lists or base64 of their bytes."""
+    from sentence_transformers import quantize_embeddings
+
+    texts = POOL[10:16]
+    with running(encoder) as (url, _, _), httpx.Client(base_url=url) as client:
+        def post(**fields):
+            reply = client.post("/v1/embeddings", json={"input": texts, "dimensions": 24, **fields})
+            assert reply.status_code == 200, reply.text
+            return [item["embedding"] for item in reply.json()["data"]]
+
+        floats = np.array(post(), dtype=np.float32)
+        assert np.abs(floats - encoder.encode(texts, dimensions=24, normalize=True)).max() < 1e-5
+        for precision, dtype, width in (("int8", np.int8, 24), ("uint8", np.uint8, 24), ("binary", np.int8, 3),
+                                        ("ubinary", np.uint8, 3)):
+            codes = np.array(post(precision=precision))
+            assert codes.shape == (6, width) and np.array_equal(codes, quantize_embeddings(floats, precision))
+            packed = post(precision=precision, encoding_format="base64")
+            raw = np.stack([np.frombuffer(base64.b64decode(b), dtype=dtype) for b in packed])
+            assert np.array_equal(raw, codes), precision
+        invalid = client.post("/v1/embeddings", json={"input": texts, "dimensions": 65}).json()["error"]
+        assert invalid["param"] == "dimensions" and "between 1 and the model's dimension 64" in invalid["message"]
+
+
+def test_dimensions_without_normalize_cut_the_raw_vectors_and_missing_quantizer_is_501(encoder, monkeypatch):
+    texts = POOL[20:23]
+    with running(encoder, normalize=False) as (url, _, _):
+        reply = httpx.post(f"{url}/v1/embeddings", json={"input": texts, "dimensions": 16})
+        assert np.abs(vectors_of(reply.json()) - encoder.encode(texts)[:, :16]).max() < 1e-5
+        monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # as if not installed
+        reply = httpx.post(f"{url}/v1/embeddings", json={"input": texts, "precision": "ubinary"})
+        error = reply.json()["error"]
+        assert reply.status_code == 501 and error["code"] == "precision_unavailable"
+        assert "pip install sentence-transformers" in error["message"]
+
+
 async def _client(url: str, seed: int, requests: int, expected: dict) -> int:
     """One client: `requests` sequential requests of 1-8 pool texts; returns how many matched."""
     rng, good = random.Random(seed), 0
@@ -191,6 +228,9 @@ BAD_REQUESTS = [
     ({"input": "x", "dimensions": 65}, 400, "invalid_value"),
     ({"input": "x", "dimensions": "8"}, 400, "invalid_value"),
     ({"input": "x", "model": 3}, 400, "invalid_value"),
+    ({"input": ["x", "y"], "precision": "int4"}, 400, "invalid_value"),
+    ({"input": ["x", "y"], "precision": 8}, 400, "invalid_value"),
+    ({"input": "x", "precision": "int8"}, 400, "invalid_value"),  # no range from one vector
     ({"input": [[5, 6]], "instruction": "Retrieve:"}, 400, "invalid_value"),
     ({"input": ["x"] * 17}, 400, "too_many_inputs"),
     ({"input": "long " * 40}, 400, "context_length_exceeded"),

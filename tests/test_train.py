@@ -60,6 +60,19 @@ def test_training_lowers_the_loss(objective, model_dir, corpus, triplets, tmp_pa
     assert encoder.encode(["a cat"]).shape == (1, 64)
 
 
+@pytest.mark.parametrize(("objective", "extra"), [("simcse", {}), ("supervised", {"mini_batch_size": 3})])
+def test_matryoshka_training_lowers_the_loss(objective, extra, model_dir, corpus, triplets, tmp_path):
+    """The sum over prefixes falls like the plain loss, GradCache included; the dims are recorded."""
+    data = triplets if objective == "supervised" else corpus
+    stage = _stage(objective, data, matryoshka_dims=[64, 32, 8], matryoshka_weights=[1.0, 1.0, 0.5], **extra)
+    losses = _run(model_dir, stage, tmp_path)
+    assert len(losses) == 12
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.05, losses
+    encoder = Encoder.from_pretrained(tmp_path / "encoder", device="cpu")
+    assert encoder.config.training[objective]["matryoshka_dims"] == [64, 32, 8]
+    assert encoder.encode(["a cat", "a dog"], dimensions=8, normalize=True).shape == (2, 8)
+
+
 def test_simcse_views_really_differ_during_training(model_dir, corpus, tmp_path):
     """SimCSE learns nothing if both views are equal (dropout off): the loop's model must differ per call."""
     stage = _stage("simcse", corpus, attention_dropout=0.3)

@@ -35,12 +35,25 @@ def _check_output(output: Path, overwrite: bool) -> None:
         raise typer.BadParameter(f"{output} exists; pass --overwrite to replace it", param_hint="--output")
 
 
+def _check_precision(precision: str) -> None:
+    """Before any model loads: a known precision, and sentence-transformers if it quantizes."""
+    from lm2vec.core.postprocess import check_precision, quantizer
+
+    try:
+        check_precision(precision)
+        if precision != "float32":
+            quantizer(precision)
+    except (ValueError, ImportError) as error:
+        raise typer.BadParameter(str(error), param_hint="--precision") from None
+
+
 @app.command()
 def encode(
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help=MODEL_HELP),
     input: Path = typer.Option(..., "--input", "-i", exists=True, dir_okay=False,
                                help=".txt (one text per line), .jsonl, .csv or .tsv"),
-    output: Path = typer.Option(..., "--output", "-o", help="where to write the (n, D) float32 .npy"),
+    output: Path = typer.Option(..., "--output", "-o", help="where to write the (n, D) .npy (float32 unless "
+                                "--precision says otherwise)"),
     instruction: str = typer.Option(None, help="instruction applied to every text (attended, not pooled)"),
     column: str = typer.Option("text", help="text field for .jsonl/.csv/.tsv inputs"),
     pooling: str = typer.Option(None, help="mean | weighted_mean | last | first (default: the model's)"),
@@ -49,6 +62,11 @@ def encode(
     max_length: int = typer.Option(None, min=1, help="tokens per text; longer texts are cut, with a warning "
                                    "(default: the model's)"),
     normalize: bool = typer.Option(False, help="L2-normalise the vectors"),
+    dimensions: int = typer.Option(None, min=1, help="keep the first d components (Matryoshka), renormalised "
+                                   "with --normalize (default: all)"),
+    precision: str = typer.Option("float32", help="float32 | int8 | uint8 | binary | ubinary (needs "
+                                  "sentence-transformers); int8/uint8 ranges come from the whole input, "
+                                  "binary/ubinary pack 8 dimensions per byte"),
     skip_empty: bool = typer.Option(False, help="leave out rows without text instead of failing, and write "
                                     "<output>.rows.npy: the input row of each vector"),
     overwrite: bool = typer.Option(False, help="replace an existing output file"),
@@ -66,11 +84,13 @@ def encode(
 
     from lm2vec.core.distributed import init_distributed, process_device, shutdown
     from lm2vec.core.encoder import Encoder
+    from lm2vec.core.postprocess import quantize
     from lm2vec.core.sharded import encode_sharded
     from lm2vec.data.inputs import read_input_rows
     from lm2vec.io import save_npy_atomic
 
     _check_output(output, overwrite)
+    _check_precision(precision)
     rank, world = init_distributed()
     if device is None and world > 1:
         device = process_device()
@@ -80,12 +100,17 @@ def encode(
     encoder = Encoder.from_pretrained(model, pooling=pooling, max_length=max_length, device=device)
     vectors = encode_sharded(encoder, rows.texts, output, shard_size=shard_size, rank=rank, world=world,
                              keep_shards=keep_shards, instruction=instruction, batch_size=batch_size,
-                             max_tokens=max_tokens, normalize=normalize, show_progress=rank == 0)
+                             max_tokens=max_tokens, normalize=normalize, dimensions=dimensions,
+                             show_progress=rank == 0)
+    if vectors is not None and precision != "float32":  # after the merge: one set of ranges for every row
+        vectors = quantize(np.asarray(vectors), precision)
+        save_npy_atomic(output, vectors)
     if vectors is not None:
         if skip_empty:
             save_npy_atomic(_index_path(output), np.asarray(rows.rows, dtype=np.int64))
         skipped = f"; skipped {len(rows.skipped)} empty rows, input rows in {_index_path(output)}" if skip_empty else ""
-        console.print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} vectors to {output}"
+        kind = "" if precision == "float32" else f" {precision} ({vectors.dtype})"
+        console.print(f"wrote {vectors.shape[0]} x {vectors.shape[1]}{kind} vectors to {output}"
                       + (f" ({world} processes)" if world > 1 else "") + skipped)
     shutdown(world)
 

@@ -29,6 +29,7 @@ from lm2vec.core.batching import pad_batch, plan_batches
 from lm2vec.core.bidirectional import make_bidirectional, make_causal
 from lm2vec.core.models import resolve_model_path
 from lm2vec.core.pooling import check_pooling_mode, pool
+from lm2vec.core.postprocess import check_dimensions, check_precision, finish
 from lm2vec.core.tokenization import DEFAULT_TEMPLATE, TokenizedText, format_prefix, tokenize_batch
 from lm2vec.io import replace_dir, staging_dir
 
@@ -229,20 +230,31 @@ class Encoder(nn.Module):
         normalize: bool = False,
         show_progress: bool | None = None,
         max_tokens: int | None = None,
+        dimensions: int | None = None,
+        precision: str = "float32",
+        calibration_embeddings: np.ndarray | None = None,
     ) -> np.ndarray:
         """Embed texts (strings or (instruction, text) pairs) into a float32 array (n, D) in input order.
 
         `instruction` applies to plain strings; batches are length-sorted and capped at `batch_size`
-        rows and (if given) `max_tokens` padded tokens.
+        rows and (if given) `max_tokens` padded tokens. `dimensions` keeps the first d components
+        (Matryoshka; renormalised if `normalize`). `precision` int8 / uint8 / binary / ubinary quantizes
+        with sentence-transformers (core/postprocess.py): int8 / uint8 take each dimension's range from
+        `calibration_embeddings` (float `encode` output of representative texts), else from this call's
+        own vectors; binary / ubinary pack 8 dimensions per byte, (n, d / 8).
         """
+        check_dimensions(dimensions, self.embedding_dim)  # before any model work
+        check_precision(precision)
         items, single = _validate_texts(texts)
         if not items:
-            return np.zeros((0, self.embedding_dim), dtype=np.float32)
+            return finish(np.zeros((0, self.embedding_dim), dtype=np.float32), dimensions, normalize, precision)
         items = [(pair_instruction or instruction, text) for pair_instruction, text in items]
         tokenized = self.tokenize(items)
         _warn_truncated(tokenized, self.config.max_length)
         show = len(items) >= PROGRESS_MIN_TEXTS if show_progress is None else show_progress
-        out = self.encode_tokenized(tokenized, batch_size, normalize, show, max_tokens)
+        out = self.encode_tokenized(tokenized, batch_size, normalize and dimensions is None, show, max_tokens)
+        if dimensions is not None or precision != "float32":  # cut, then normalise what is kept
+            out = finish(out, dimensions, normalize, precision, calibration_embeddings)
         return out[0] if single else out
 
     def encode_tokenized(self, tokenized: list[TokenizedText], batch_size: int = 32, normalize: bool = False,

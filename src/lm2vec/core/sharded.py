@@ -123,7 +123,8 @@ def encode_sharded(
     """Encode `texts` into `output` (.npy, input order). Returns the vectors on rank 0, None elsewhere.
 
     `shard_size` (default: the batch size) is the unit of resumable work. `encode_options` go to
-    `Encoder.encode` (instruction, batch_size, max_tokens, normalize).
+    `Encoder.encode` (instruction, batch_size, max_tokens, normalize, dimensions; not int8 / uint8
+    `precision`, whose ranges would differ shard by shard: quantize the merged vectors instead).
     """
     shard_size = shard_size or encode_options.get("batch_size", 32)
     if shard_size < 1:
@@ -137,6 +138,8 @@ def encode_sharded(
         save_npy_atomic(output, vectors)
         return vectors
     settings = {k: v for k, v in encode_options.items() if k in ("instruction", "normalize")}
+    if encode_options.get("dimensions") is not None:  # absent otherwise: earlier runs' shards stay valid
+        settings["dimensions"] = encode_options["dimensions"]
     key = run_key(texts, encoder.fingerprint(), {**settings, "shard_size": shard_size, "order": "length"})
     if rank == 0:
         _claim(plan, key)

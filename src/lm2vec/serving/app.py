@@ -1,6 +1,6 @@
 """OpenAI-compatible embedding server: FastAPI transport in front of the micro-batching queue.
 
-    POST /v1/embeddings   OpenAI request/response shape (+ optional `instruction`)
+    POST /v1/embeddings   OpenAI request/response shape (+ optional `instruction` and `precision`)
     GET  /v1/models       the one served model
     GET  /health          200 while serving, 503 while shutting down
     GET  /metrics         Prometheus text
@@ -8,7 +8,8 @@
 The transport only authenticates, reads bounded bodies, validates (serving/schema.py), tokenizes and
 awaits the queue (serving/queue.py), which owns the model's single worker thread. Vectors are
 L2-normalised by default because OpenAI's are unit vectors; `--no-normalize` serves raw `encode`
-output. Graceful shutdown comes from uvicorn: it stops accepting, waits for in-flight requests,
+output. `dimensions` and `precision` go through `Encoder.encode`'s own truncation and quantization
+(core/postprocess.py). Graceful shutdown comes from uvicorn: it stops accepting, waits for in-flight requests,
 then runs the lifespan exit, which drains and stops the worker.
 """
 
@@ -29,6 +30,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from lm2vec.core.postprocess import check_dimensions, quantizer
 from lm2vec.core.tokenization import TokenizedText
 from lm2vec.serving.metrics import CONTENT_TYPE, ServerMetrics
 from lm2vec.serving.queue import BatchQueue, QueueClosed, QueueFull, QueueSettings
@@ -120,12 +122,7 @@ class EmbeddingService:
                 f"{len(inputs)} inputs in one request; the limit is {self.settings.max_inputs}",
                 "too_many_inputs",
             )
-        if request.dimensions is not None and not 1 <= request.dimensions <= self.encoder.embedding_dim:
-            raise invalid(
-                f"'dimensions' must be between 1 and {self.encoder.embedding_dim}",
-                "invalid_value",
-                "dimensions",
-            )
+        self._check_output(request, len(inputs))
         if kind == "tokens" and request.instruction:
             raise invalid(
                 "'instruction' applies to text input, not token ids", "invalid_value", "instruction"
@@ -144,6 +141,25 @@ class EmbeddingService:
                 f"input[{too_long[0]}]",
             )
         return request, rows
+
+    def _check_output(self, request, count: int) -> None:
+        """`dimensions` and `precision` refused before any model work, with the encoder's own checks."""
+        try:
+            check_dimensions(request.dimensions, self.encoder.embedding_dim)
+        except ValueError as error:
+            raise invalid(f"'dimensions': {error}", "invalid_value", "dimensions") from None
+        if request.precision.endswith("int8") and count < 2:
+            raise invalid(
+                f"precision '{request.precision}' takes each dimension's range from the request's inputs; "
+                "send at least 2 (or use binary / ubinary, which need no ranges)",
+                "invalid_value",
+                "precision",
+            )
+        if request.precision != "float32":
+            try:
+                quantizer(request.precision)
+            except ImportError as error:
+                raise ApiError(501, str(error), "precision_unavailable", "server_error", "precision") from None
 
     async def embed(self, body: bytes) -> dict:
         self.in_flight += 1
@@ -173,7 +189,7 @@ class EmbeddingService:
             ) from None
         tokens = sum(len(row.ids) for row in rows)
         self.metrics.embedded(len(rows), tokens)
-        vectors = shape_vectors(vectors, request.dimensions)
+        vectors = shape_vectors(vectors, request.dimensions, self.settings.normalize, request.precision)
         return embedding_response(vectors, request.encoding_format, self.settings.model_name, tokens)
 
     def _unavailable(self, message: str, code: str) -> ApiError:

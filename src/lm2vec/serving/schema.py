@@ -14,6 +14,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
 
+from lm2vec.core.postprocess import PRECISIONS, finish
+
 
 class ApiError(Exception):
     """A request the server refuses, with the HTTP status and OpenAI-style error fields."""
@@ -54,6 +56,9 @@ class EmbeddingRequest(BaseModel):
     dimensions: StrictInt | None = None
     user: StrictStr | None = None  # OpenAI's end-user tag; accepted, unused
     instruction: StrictStr | None = None  # lm2vec extension: attended to, not pooled
+    # lm2vec extension: int8 / uint8 / binary / ubinary vectors (core/postprocess.py) as integer lists
+    # (or base64 of their bytes); int8 / uint8 ranges come from the request's own inputs
+    precision: Literal[PRECISIONS] = "float32"
 
 
 def parse_request(body: bytes) -> EmbeddingRequest:
@@ -128,19 +133,18 @@ def check_token_ids(batch: list[list[int]], vocab_size: int) -> None:
             )
 
 
-def shape_vectors(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
-    """Keep the first `dimensions` components and renormalise (Matryoshka-style, as OpenAI does)."""
-    if dimensions is None:
-        return vectors
-    cut = vectors[:, :dimensions].astype(np.float32)
-    norms = np.linalg.norm(cut, axis=1, keepdims=True)
-    return cut / np.maximum(norms, 1e-12)
+def shape_vectors(vectors: np.ndarray, dimensions: int | None, normalize: bool, precision: str = "float32") -> np.ndarray:
+    """`Encoder.encode`'s own truncation and quantization (core/postprocess.py): keep the first `dimensions`
+    components, renormalised when the server serves unit vectors (as OpenAI does), then quantize."""
+    return finish(vectors, dimensions, normalize, precision)
 
 
-def encode_vector(vector: np.ndarray, encoding_format: str) -> list[float] | str:
-    """A float list, or base64 of little-endian float32 bytes (what OpenAI's base64 format holds)."""
+def encode_vector(vector: np.ndarray, encoding_format: str) -> list[float] | list[int] | str:
+    """A list of floats (ints for quantized vectors), or base64 of the vector's bytes: little-endian
+    float32 (what OpenAI's base64 format holds), or one byte per int8 / uint8 value."""
     if encoding_format == "base64":
-        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+        raw = vector.astype("<f4") if vector.dtype.kind == "f" else vector
+        return base64.b64encode(raw.tobytes()).decode("ascii")
     return vector.tolist()
 
 

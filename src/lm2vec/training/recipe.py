@@ -86,6 +86,10 @@ class StageConfig:
     hidden_dropout: float | None = None
     scale: float | None = None  # 1 / temperature
     mini_batch_size: int | None = None  # GradCache: embed the batch this many rows at a time (memory bound)
+    # Matryoshka (objectives/matryoshka.py): the loss is the weighted sum of the contrastive loss on the
+    # first d components of every vector, for each d (e.g. [64, 128, 256, 576]); weights default to 1 each
+    matryoshka_dims: list[int] | None = None
+    matryoshka_weights: list[float] | None = None
     mask_duplicates: bool = True  # supervised: a repeat of a query's positive text is no negative for it
     instruction: str | None = None  # supervised: for queries without their own; simcse: on every text
     symmetric: bool = False  # supervised: instruction on both sides
@@ -143,6 +147,7 @@ class StageConfig:
         _check(self.mini_batch_size is None or (contrastive and 1 <= self.mini_batch_size <= self.batch_size),
                f"stage {self.name!r}: mini_batch_size needs a contrastive objective and 1 <= mini_batch_size "
                f"<= batch_size, got {self.mini_batch_size}")
+        self._check_matryoshka(contrastive)
         _check(self.eval_every >= 0, f"stage {self.name!r}: eval_every must be >= 0, got {self.eval_every}")
         _check(not self.eval_every or bool(self.eval_data), f"stage {self.name!r}: eval_every needs eval_data")
         _check(not self.keep_best or self.eval_every > 0, f"stage {self.name!r}: keep_best needs eval_every > 0")
@@ -150,6 +155,22 @@ class StageConfig:
         _check(0 <= self.bidirectional_anneal_steps <= self.max_steps,
                f"stage {self.name!r}: bidirectional_anneal_steps must be in [0, max_steps] (the stage must end "
                f"fully bidirectional), got {self.bidirectional_anneal_steps}")
+
+    def _check_matryoshka(self, contrastive: bool) -> None:
+        """Dims and weights on their own; dims above the model's width are refused once the model is known
+        (objectives/matryoshka.py `Nesting.for_stage`)."""
+        dims, weights, where = self.matryoshka_dims, self.matryoshka_weights, f"stage {self.name!r}"
+        _check(weights is None or dims is not None, f"{where}: matryoshka_weights needs matryoshka_dims")
+        if dims is None:
+            return
+        _check(contrastive, f"{where}: matryoshka_dims needs a contrastive objective (simcse or supervised), "
+               f"not {self.objective!r}")
+        _check(bool(dims) and all(d >= 1 for d in dims),
+               f"{where}: matryoshka_dims must be a non-empty list of dimensions >= 1, got {dims}")
+        _check(len(set(dims)) == len(dims), f"{where}: matryoshka_dims repeats a dimension: {dims}")
+        _check(weights is None or (len(weights) == len(dims) and all(w > 0 for w in weights)),
+               f"{where}: matryoshka_weights must be one weight > 0 per dimension of matryoshka_dims "
+               f"({len(dims)}), got {weights}")
 
 
 @dataclass

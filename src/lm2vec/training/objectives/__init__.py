@@ -1,7 +1,8 @@
 """Training objectives of LLM2Vec (arXiv 2404.05961): MNTP, unsupervised SimCSE, supervised contrastive.
 
 Each loss has a `*_from_*` form on plain tensors so the maths is testable without a model; each
-module ends with its `Objective` (base.py), which the loop finds by name in `OBJECTIVES`.
+module ends with its `Objective` (base.py), which the loop finds by name in `OBJECTIVES`. Matryoshka
+(matryoshka.py) is no objective of its own: SimCSE and supervised sum their loss over vector prefixes.
 """
 
 from lm2vec.training.objectives.base import Objective
@@ -11,6 +12,7 @@ from lm2vec.training.objectives.contrastive import (
     info_nce,
     info_nce_from_scores,
 )
+from lm2vec.training.objectives.matryoshka import matryoshka_loss
 from lm2vec.training.objectives.mntp import (
     MNTPTask,
     mask_tokens,
@@ -35,6 +37,7 @@ __all__ = [
     "info_nce",
     "info_nce_from_scores",
     "mask_tokens",
+    "matryoshka_loss",
     "mntp_loss",
     "mntp_loss_from_hidden",
     "restore_dropout",

@@ -16,6 +16,7 @@ from torch import nn
 from lm2vec.core.encoder import Encoder
 from lm2vec.training.objectives.base import embed_sides, load_corpus
 from lm2vec.training.objectives.contrastive import distributed_info_nce
+from lm2vec.training.objectives.matryoshka import Nesting
 from lm2vec.training.recipe import StageConfig
 
 # Where Hugging Face decoders keep dropout rates, by attribute name (a table, not per-model code).
@@ -107,6 +108,7 @@ class SimCSETask:
 
     def __init__(self, stage: StageConfig, encoder: Encoder, lm_head=None) -> None:
         self.stage, self.encoder = stage, encoder
+        self.nesting = Nesting.for_stage(stage, encoder.embedding_dim)  # Matryoshka dims, if any
 
     def load_examples(self) -> list[str]:
         return load_corpus(self.stage)
@@ -122,7 +124,7 @@ class SimCSETask:
         return [("view1", batch), ("view2", batch)]  # the same texts twice: only dropout tells them apart
 
     def loss_from_embeddings(self, embeddings: dict[str, torch.Tensor], batch=None) -> torch.Tensor:
-        return distributed_info_nce(embeddings["view1"], embeddings["view2"], scale=self.stage.scale)
+        return self.nesting(lambda e: distributed_info_nce(e["view1"], e["view2"], scale=self.stage.scale), embeddings)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.loss_from_embeddings(embed_sides(self.encoder.embed, self.embedding_sides(batch)), batch)

@@ -15,6 +15,7 @@ from lm2vec.core.encoder import Encoder
 from lm2vec.data.triplets import Triplet, load_pairs_source
 from lm2vec.training.objectives.base import embed_sides, sources
 from lm2vec.training.objectives.contrastive import distributed_info_nce, false_negatives, gather_rows
+from lm2vec.training.objectives.matryoshka import Nesting
 from lm2vec.training.recipe import StageConfig
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class SupervisedTask:
 
     def __init__(self, stage: StageConfig, encoder: Encoder, lm_head=None) -> None:
         self.stage, self.encoder = stage, encoder
+        self.nesting = Nesting.for_stage(stage, encoder.embedding_dim)  # Matryoshka dims, if any
 
     def load_examples(self) -> list[Triplet]:
         triplets = [t for source in sources(self.stage.data) for t in load_pairs_source(source)]
@@ -72,9 +74,9 @@ class SupervisedTask:
         return [(name, batch[name]) for name in names]
 
     def loss_from_embeddings(self, embeddings: dict[str, torch.Tensor], batch: dict[str, dict]) -> torch.Tensor:
-        queries, positives = embeddings["query"], embeddings["positive"]
-        exclude = self._false_negatives(batch["ids"], len(queries)) if self.stage.mask_duplicates else None
-        return distributed_info_nce(queries, positives, embeddings.get("negative"), self.stage.scale, exclude)
+        exclude = self._false_negatives(batch["ids"], len(embeddings["query"])) if self.stage.mask_duplicates else None
+        return self.nesting(lambda e: distributed_info_nce(e["query"], e["positive"], e.get("negative"),
+                                                           self.stage.scale, exclude), embeddings)
 
     def _false_negatives(self, ids: dict[str, torch.Tensor], count: int) -> torch.Tensor:
         """The duplicate mask over the global batch (ids gathered from every process)."""
