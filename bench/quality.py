@@ -84,7 +84,8 @@ def train_variants(args, profile: dict) -> dict[str, dict]:
     """Train (or find in the cache) every trained variant; {key: sweep result with 'encoder' and 'curve'}."""
     sweep_args = argparse.Namespace(model=args.model, data_dir=args.data_dir, corpus=None, simcse_corpus=None,
                                     triplets=None, dev=str(args.data_dir / "sts/STSBenchmark/sts-dev.csv"),
-                                    dev_limit=args.dev_limit, work=args.work / args.profile)
+                                    dev_limit=args.dev_limit, work=args.work / args.profile, threads=args.threads,
+                                    doc_queries=0, doc_distractors=0, doc_max_length=0)
     if not all((args.data_dir / "nli/SNLI" / f"snli_1.0_{s}.jsonl.gz").is_file() for s in ("dev", "test")):
         raise SystemExit(f"the supervised stage needs SNLI dev and test triplets under {args.data_dir}/nli/SNLI")
     given = dict(item.split("=", 1) for item in args.encoders or [])
@@ -200,7 +201,11 @@ def main() -> None:
     parser.add_argument("--encoders", nargs="*", metavar="KEY=DIR", help="use these trained encoders, e.g. simcse=DIR")
     parser.add_argument("--rows", nargs="*", metavar="PREFIX", help="evaluate only these rows, in this order")
     parser.add_argument("--tag", default="", help="added to the results' file names (e.g. gpu-h200)")
+    parser.add_argument("--threads", type=int, help="torch threads for training and evaluation (default: torch's); "
+                        "the same value as a sweep's --threads reuses its trained encoders")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     profile, started = PROFILES[args.profile], time.time()
     print(settings_line(profile), flush=True)
     trained = train_variants(args, profile)
