@@ -113,21 +113,21 @@ def cmd_train(rest: list[str]) -> None:
 
 # ---- pack ----------------------------------------------------------------------------------------
 def stage_dirs(work: Path) -> dict[str, Path]:
-    """The newest run directory of each objective (<objective>-<hash>/ as bench/sweep.py names them)."""
+    """The newest stage folder of each objective (<objective>-<hash>/, as bench/sweep.py trains each
+    stage once: log.jsonl, adapter/, merged/, DONE)."""
     found: dict[str, Path] = {}
     for objective in OBJECTIVES:
-        runs = sorted((p for p in work.glob(f"{objective}-*") if (p / f"stage1-{objective}").is_dir()),
-                      key=lambda p: (p / f"stage1-{objective}").stat().st_mtime)
-        if runs:
-            found[objective] = runs[-1]
+        stages = sorted((p for p in work.glob(f"{objective}-*") if (p / "log.jsonl").is_file()),
+                        key=lambda p: (p / "log.jsonl").stat().st_mtime)
+        if stages:
+            found[objective] = stages[-1]
     return found
 
 
-def stage_status(run: Path, objective: str) -> dict:
-    stage = run / f"stage1-{objective}"
+def stage_status(stage: Path, objective: str) -> dict:
     log = read_log(stage / "log.jsonl")
     steps = [r["step"] for r in log if "loss" in r]
-    return {"dir": run.name, "done": (stage / "DONE").is_file() and (stage / "adapter").is_dir(),
+    return {"dir": stage.name, "done": (stage / "DONE").is_file() and (stage / "adapter").is_dir(),
             "steps": max(steps, default=0), "minutes": round(max((r.get("elapsed", 0.0) for r in log), default=0.0) / 60, 2),
             "final_dev": next((100 * r["dev_spearman"] for r in reversed(log) if "dev_spearman" in r), None)}
 
@@ -159,19 +159,15 @@ def cmd_pack(args) -> None:
         def add(path: Path, name: str) -> None:
             tar.add(str(path), arcname=name, recursive=False)
 
-        for objective, run in runs.items():
-            stage = run / f"stage1-{objective}"
-            for extra in ("recipe.yaml", "encoder/lm2vec_config.json"):
-                if (run / extra).is_file():
-                    add(run / extra, f"work/{run.name}/{extra}")
-            for name in ("log.jsonl", "loss.png", "DONE"):
+        for objective, stage in runs.items():
+            for name in ("log.jsonl", "loss.png", "DONE", "merged/lm2vec_config.json"):
                 if (stage / name).is_file():
-                    add(stage / name, f"work/{run.name}/{stage.name}/{name}")
+                    add(stage / name, f"work/{stage.name}/{name}")
             if not status[objective]["done"]:
                 continue
             adapter, skipped = stage / "adapter", []
             for file in sorted(p for p in adapter.iterdir() if p.is_file()):
-                arc = f"work/{run.name}/{stage.name}/adapter/{file.name}"
+                arc = f"work/{stage.name}/adapter/{file.name}"
                 if file.name in ADAPTER_OWN:
                     add(file, arc)
                     continue
@@ -185,7 +181,7 @@ def cmd_pack(args) -> None:
                     skipped.append(file.name)
                 else:
                     add(file, arc)  # differs from the shared copy: travels in its own place
-            manifest["shared_files"][f"work/{run.name}/{stage.name}/adapter"] = skipped
+            manifest["shared_files"][f"work/{stage.name}/adapter"] = skipped
         blob = json.dumps(manifest, indent=1).encode()
         entry = tarfile.TarInfo("manifest.json")
         entry.size, entry.mtime = len(blob), int(time.time())
@@ -234,7 +230,7 @@ def unpack(source: Path, raw: Path) -> tuple[dict, dict]:
 
 def dev_curves(raw: Path, manifest: dict) -> dict[str, list[dict]]:
     """Per variant, as bench/sweep.py's run_variant builds them: one time axis across the stages."""
-    logs = {o: read_log(raw / "work" / s["dir"] / f"stage1-{o}" / "log.jsonl") for o, s in manifest["stages"].items()}
+    logs = {o: read_log(raw / "work" / s["dir"] / "log.jsonl") for o, s in manifest["stages"].items()}
 
     def points(objective: str, offset: float) -> list[dict]:
         return [{"stage": objective, "step": r["step"], "minutes": (offset + r["elapsed"]) / 60,
@@ -267,7 +263,7 @@ def cmd_import(args) -> None:
               f"({len(info['base_digest'])} tensors)", flush=True)
     if not stages.get("mntp", {}).get("done"):
         raise SystemExit("the MNTP stage did not finish there: nothing to rebuild (run `train` again there)")
-    adapters = {o: dest / "raw" / "work" / s["dir"] / f"stage1-{o}" / "adapter" for o, s in stages.items() if s["done"]}
+    adapters = {o: dest / "raw" / "work" / s["dir"] / "adapter" for o, s in stages.items() if s["done"]}
     mntp_run = stages["mntp"]["dir"]
     rebuilt: dict[str, str] = {}
     for objective in OBJECTIVES:
@@ -278,7 +274,7 @@ def cmd_import(args) -> None:
         if objective == "mntp":
             on = args.model
         else:
-            if Path(trained_on).parent.name != mntp_run:  # .../mntp-<hash>/encoder
+            if Path(trained_on).parent.name != mntp_run:  # .../mntp-<hash>/merged
                 raise SystemExit(f"{objective} was trained on {trained_on}, not on the MNTP encoder of {mntp_run}")
             on = rebuilt["mntp"]
         began = time.time()
@@ -291,7 +287,7 @@ def cmd_import(args) -> None:
               f"in {time.time() - began:.0f} s", flush=True)
         del encoder
     date, slug = info["date"], info["device_slug"]
-    logs = {o: read_log(dest / "raw" / "work" / s["dir"] / f"stage1-{o}" / "log.jsonl") for o, s in stages.items()}
+    logs = {o: read_log(dest / "raw" / "work" / s["dir"] / "log.jsonl") for o, s in stages.items()}
     payload = {"date": date, "device": info["device"], "machine": {k: info.get(k) for k in (
         "nvidia_smi_L", "python", "torch", "transformers", "peft", "cuda")}, "profile": info["profile"],
         "stages": stages, "train_minutes": {"mntp": stages["mntp"]["minutes"], **{

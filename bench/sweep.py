@@ -19,6 +19,7 @@ import datetime
 import fcntl
 import hashlib
 import json
+import os
 import platform
 import random
 import time
@@ -26,7 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from lm2vec.io import write_json_atomic
-from lm2vec.training.loop import DONE, StageRunner, train
+from lm2vec.training.loop import DONE, StageRunner
 from lm2vec.training.recipe import Recipe, StageConfig
 
 # MNTP as the issue measured it (100 x 8 x 128, lr 5e-4) and SimCSE at the SimCSE paper's Wiki1M length.
@@ -50,6 +51,8 @@ MNTP_300 = _with(MNTP, max_steps=300, warmup_steps=30, eval_every=100)
 # SimCSE on document-length texts: Wikipedia lead paragraphs (builtin corpus) cut at 128 tokens
 PARAGRAPHS = dict(data="builtin:wiki-leads", text_unit="paragraph", max_length=128)
 STS_INSTRUCTION = "Retrieve semantically similar text:"  # LLM2Vec's instruction for STS tasks
+# Full fine-tuning at a fifth of LoRA's rate: every weight moves, where LoRA's update is scaled by alpha/r = 2
+FULL = dict(finetune="full", lr=1e-4)
 
 
 TINY = dict(max_steps=2, batch_size=4, max_length=16, eval_every=1, warmup_steps=0)
@@ -80,6 +83,18 @@ VARIANTS = {  # name -> (bidirectional, pooling, [stage settings in order])
         "bi + MNTP + SimCSE 150, LoRA dropout 0": (True, "mean", [MNTP, _with(SIMCSE_LONG, lora={"dropout": 0.0})]),
         "bi + MNTP + SimCSE 150, paragraphs x 128": (True, "mean", [MNTP, _with(SIMCSE_LONG, **PARAGRAPHS)]),
         "causal + SimCSE 150, paragraphs x 128": (False, "mean", [_with(SIMCSE_LONG, **PARAGRAPHS)]),
+        # 2026-12-03, round 2: the other dimensions issue #10 names, each against "bi + MNTP + SimCSE, 150 steps"
+        "bi + SimCSE 150 (no MNTP)": (True, "mean", [SIMCSE_LONG]),
+        "bi (annealed over 75 steps) + SimCSE 150 (no MNTP)": (True, "mean", [_with(SIMCSE_LONG, bidirectional_anneal_steps=75)]),
+        "bi + MNTP (annealed over 50 steps) + SimCSE 150": (True, "mean", [_with(MNTP, bidirectional_anneal_steps=50),
+                                                                            SIMCSE_LONG]),
+        "causal + SimCSE 150, full fine-tuning": (False, "mean", [_with(SIMCSE_LONG, **FULL)]),
+        "bi + MNTP + SimCSE 150, full fine-tuning": (True, "mean", [MNTP, _with(SIMCSE_LONG, **FULL)]),
+        "bi + MNTP + SimCSE 150, LoRA r64": (True, "mean", [MNTP, _with(SIMCSE_LONG, lora={"r": 64, "alpha": 128})]),
+        "bi + MNTP + SimCSE 150, weighted mean": (True, "weighted_mean", [MNTP, SIMCSE_LONG]),
+        "bi + MNTP (mask rate 0.4) + SimCSE 150": (True, "mean", [_with(MNTP, mask_rate=0.4), SIMCSE_LONG]),
+        "bi + MNTP + SimCSE 150, attention dropout 0.1": (True, "mean", [MNTP, _with(SIMCSE_LONG, attention_dropout=0.1)]),
+        "bi + MNTP + SimCSE 150, batch 64": (True, "mean", [MNTP, _with(SIMCSE_LONG, batch_size=64)]),
         # the instruction question: LLM2Vec's STS instruction on every SimCSE text, and on the dev pairs
         "bi + MNTP + SimCSE 150, instruction": (True, "mean", [MNTP, _with(SIMCSE_LONG, instruction=STS_INSTRUCTION,
                                                                            eval_instruction=STS_INSTRUCTION)]),
@@ -141,11 +156,13 @@ def read_log(stage_dir: Path) -> list[dict]:
 
 
 def run_variant(name: str, spec: tuple, args) -> dict:
-    """Train the variant's stages as one recipe (so a bf16 stage stacks the earlier adapters, as
-    `lm2vec train` does); return its dev curve. Stages before the last are cached by their settings
-    and shared between variants (a symlinked stage folder that train() finds finished). A last stage
-    with `stacked: False` starts instead from the merged weights of the stages before it, loaded in
-    the training precision (how stages chained before 2026-12-03), to measure what stacking buys."""
+    """Train the variant's stages in order, as `lm2vec train` chains them (a bf16 stage stacks the
+    earlier adapters); return its dev curve. Every stage is trained once into a folder named by its
+    objective and the settings of all stages up to it (<objective>-<hash>/, holding log.jsonl,
+    adapter/ and merged/), so variants that share a first stage share its folder, and the folders of
+    one variant are linked from run-<hash>/stageN-NAME. A last stage with `stacked: False` starts
+    instead from the merged weights of the stages before it, loaded in the training precision (how
+    stages chained before 2026-12-03), to measure what stacking buys."""
     bidirectional, pooling, stages = spec
     stacked = stages[-1].get("stacked", True)
     stages = [{k: v for k, v in s.items() if k != "stacked"} for s in stages]
@@ -153,27 +170,26 @@ def run_variant(name: str, spec: tuple, args) -> dict:
     common = (args.model, bidirectional, pooling, args.dev_limit, args.threads)
     run_dir = args.work / f"run-{key_of(*common, stages, stacked)}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    for index, stage in enumerate(configs[:-1], start=1):
-        shared = args.work / f"stage-{key_of(*common, stages[:index])}"
+    recipe = Recipe(name=name, model=args.model, pooling=pooling, bidirectional=bidirectional, stages=configs)
+    model, adapters, stage_dirs = recipe.model, [], []
+    for index, stage in enumerate(configs, start=1):
+        last = index == len(configs)
+        tag = [] if stacked or not last else ["unstacked"]
+        shared = args.work / f"{stage.objective}-{key_of(*common, stages[:index], *tag)}"
         link = run_dir / f"stage{index}-{stage.name}"
-        shared.mkdir(parents=True, exist_ok=True)
         if not link.is_symlink():
             link.symlink_to(shared.resolve(), target_is_directory=True)
-    recipe = Recipe(name=name, model=args.model, pooling=pooling, bidirectional=bidirectional, stages=configs)
-    with locked(args.work / "prefixes") if len(configs) > 1 else contextlib.nullcontext():
-        start = train_prefix(recipe, run_dir)  # a shared earlier stage is trained once, by whichever sweep comes first
-    if stacked:
-        encoder = train(recipe, run_dir, resume=True)
-    else:
-        alone = Recipe(**{**vars(recipe), "model": start, "stages": configs[-1:]})
-        encoder = train(alone, run_dir / "unstacked", resume=True)
-    stage_dirs = [run_dir / f"stage{i}-{c.name}" for i, c in enumerate(configs, start=1)]
-    if not stacked:
-        stage_dirs[-1] = run_dir / "unstacked" / f"stage1-{configs[-1].name}"
+        earlier = adapters if stacked or not last else []
+        with locked(shared):  # trained once, by whichever sweep process gets there first
+            if not (shared / DONE).is_file():
+                StageRunner(recipe, stage, model, shared, shared / "merged", resume=True,
+                            earlier_adapters=earlier).run()
+        model, adapters = str(shared / "merged"), [*adapters, shared / "adapter"]
+        stage_dirs.append(shared)
     import torch
 
-    return {**summarise_run(configs, stage_dirs, bidirectional, pooling, args, str(encoder)),
-            "threads": torch.get_num_threads(), "doc_dev": document_dev(str(encoder), args)}
+    return {**summarise_run(configs, stage_dirs, bidirectional, pooling, args, model),
+            "threads": torch.get_num_threads(), "doc_dev": document_dev(model, args)}
 
 
 def document_dev(model: str, args, bidirectional: bool | None = None) -> float | None:
@@ -206,19 +222,6 @@ def document_dev(model: str, args, bidirectional: bool | None = None) -> float |
         ideal = sum(1 / np.log2(rank + 2) for rank in range(min(10, len(split["qrels"][q]))))
         gains.append(dcg / ideal)
     return 100 * float(np.mean(gains))
-
-
-def train_prefix(recipe: Recipe, run_dir: Path) -> str:
-    """The stages before the last, as train() runs them (each merged into stageN-NAME/merged); returns
-    where the last stage starts."""
-    model, adapters = recipe.model, []
-    for index, stage in enumerate(recipe.stages[:-1], start=1):
-        stage_dir = run_dir / f"stage{index}-{stage.name}"
-        if not (stage_dir / DONE).is_file():
-            StageRunner(recipe, stage, model, stage_dir, stage_dir / "merged", resume=True,
-                        earlier_adapters=adapters).run()
-        model, adapters = str(stage_dir / "merged"), [*adapters, stage_dir / "adapter"]
-    return model
 
 
 def summarise_run(configs: list[StageConfig], stage_dirs: list[Path], bidirectional: bool, pooling: str, args,
@@ -303,6 +306,9 @@ def main() -> None:
     chosen = {n: v for n, v in VARIANTS[args.profile].items() if not args.only or n in args.only}
     for name, spec in with_seeds(chosen, args.seeds).items():
         key = key_of(name, spec, args.model, args.dev, args.dev_limit, args.threads)
+        if not claim(done_file, key):
+            print(f"{name}: another sweep process is training it; skipped here", flush=True)
+            continue
         done = read_json(done_file)
         if key not in done:
             result = run_variant(name, spec, args)
@@ -325,6 +331,21 @@ def untrained_doc_dev(args, done_file: Path) -> dict:
         with locked(done_file):
             write_json_atomic(done_file, {**read_json(done_file), key: cached})
     return cached
+
+
+def claim(done_file: Path, key: str) -> bool:
+    """Take variant `key` for this process unless it is finished or a live process took it: sweeps
+    started side by side on the same list share the work instead of repeating it."""
+    claims_file = done_file.with_name("claims.json")
+    with locked(done_file):
+        if key in read_json(done_file):
+            return True  # finished: reported from the cache
+        claims = read_json(claims_file)
+        owner = claims.get(key)
+        if owner and owner != os.getpid() and Path(f"/proc/{owner}").exists():
+            return False
+        write_json_atomic(claims_file, {**claims, key: os.getpid()})
+        return True
 
 
 def read_json(path: Path) -> dict:

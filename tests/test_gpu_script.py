@@ -16,8 +16,6 @@ import pytest
 from conftest import byte_tokenizer, tiny_model
 
 from lm2vec import Encoder
-from lm2vec.training.loop import train
-from lm2vec.training.recipe import Recipe, StageConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_quality.sh"
@@ -47,7 +45,10 @@ def test_train_runs_quality_py_where_mteb_is_missing():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """mntp, simcse and supervised runs laid out as bench/sweep.py lays them out (<objective>-<hash>/)."""
+    """mntp, simcse and supervised stages trained by bench/sweep.py's run_variant, as quality.py trains
+    them on the GPU (one <objective>-<hash>/ folder per stage, MNTP shared by the two later stages)."""
+    import sweep
+
     root = tmp_path_factory.mktemp("gpu")
     base = root / "base"
     tiny_model("llama", causal_lm=True).save_pretrained(base)
@@ -59,18 +60,15 @@ def trained(tmp_path_factory):
     dev.write_text("".join(json.dumps({"sentence1": s, "sentence2": SENTENCES[(i + 3) % 16], "score": i % 5}) + "\n"
                            for i, s in enumerate(SENTENCES)))
     work = root / "cache" / "work" / "gpu"
-    common = dict(max_steps=2, batch_size=4, max_length=32, lr=1e-2, warmup_steps=0, eval_every=1,
-                  eval_data=str(dev), save_every=100)
-    runs = {}
-    mntp = train(Recipe(model=str(base), max_length=32, stages=[
-        StageConfig(objective="mntp", data=str(corpus), **common)]), work / "mntp-aaaa", device="cpu")
-    runs["mntp"] = work / "mntp-aaaa"
-    for objective, data in (("simcse", corpus), ("supervised", triplets)):
-        runs[objective] = work / f"{objective}-bbbb"
-        train(Recipe(model=str(mntp), max_length=32, stages=[
-            StageConfig(objective=objective, data=str(data), **common)]), runs[objective], device="cpu")
-    expected = {o: Encoder.from_pretrained(run / f"stage1-{o}" / "adapter", merge_adapter=True, device="cpu").encode(TEXTS)
-                for o, run in runs.items()}
+    args = argparse.Namespace(model=str(base), data_dir=root, corpus=str(corpus), simcse_corpus=None,
+                              triplets=str(triplets), dev=str(dev), dev_limit=500, work=work, threads=None,
+                              doc_queries=0)
+    common = dict(max_steps=2, batch_size=4, max_length=32, lr=1e-2, warmup_steps=0, eval_every=1)
+    mntp = dict(objective="mntp", **common)
+    encoders = {name: sweep.run_variant(name, (True, "mean", stages), args)["encoder"] for name, stages in (
+        ("mntp", [mntp]), ("simcse", [mntp, dict(objective="simcse", **common)]),
+        ("supervised", [mntp, dict(objective="supervised", **common)]))}
+    expected = {o: Encoder.from_pretrained(path, device="cpu").encode(TEXTS) for o, path in encoders.items()}
     return root, base, work, expected
 
 
