@@ -221,7 +221,8 @@ def main() -> None:
     if args.rows:  # a subset, in the order given (each name: a unique prefix of a row's name)
         rows = {name: rows[name] for prefix in args.rows for name in rows if name.startswith(prefix)}
     for name, settings in rows.items():
-        key = json.dumps([name, settings, profile, args.sts_only], sort_keys=True, default=str)
+        evaluation = {k: v for k, v in profile.items() if k != "stages"}  # a row's scores do not depend on
+        key = json.dumps([name, settings, evaluation, args.sts_only], sort_keys=True, default=str)  # others' training
         if key not in done:
             began = time.time()
             done[key] = evaluate_variant(name, dict(settings), args, profile, work)

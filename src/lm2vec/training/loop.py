@@ -193,7 +193,7 @@ class StageRunner:
                                     self.lengths, self.order_cache)
             batch = self.task.collate([self.examples[i] for i in indices], generator)
             tokens, padded = tokens + _count_tokens(batch), padded + _count_tokens(batch, padded=True)
-            with autocast_context(self.precision, self.encoder.device, self.peft):
+            with autocast_context(self.precision, self.encoder.device, self.peft, stage.max_length):
                 if stage.mini_batch_size:  # GradCache: the whole batch's negatives, a mini-batch's memory
                     loss = cached_backward(self.encoder.embed, self.task.embedding_sides(batch),
                                            lambda e, b=batch: self.scaler.scale(self.task.loss_from_embeddings(e, b)),
