@@ -303,7 +303,11 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     done_file = args.work / "sweep.json"
     results, started = {}, time.time()
-    chosen = {n: v for n, v in VARIANTS[args.profile].items() if not args.only or n in args.only}
+    variants = VARIANTS[args.profile]
+    unknown = [n for n in args.only or [] if n not in variants]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; the {args.profile} profile has {list(variants)}")
+    chosen = {n: variants[n] for n in args.only} if args.only else variants  # in the order given
     for name, spec in with_seeds(chosen, args.seeds).items():
         key = key_of(name, spec, args.model, args.dev, args.dev_limit, args.threads)
         if not claim(done_file, key):
