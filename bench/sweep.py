@@ -162,19 +162,22 @@ def run_variant(name: str, spec: tuple, args) -> dict:
     adapter/ and merged/), so variants that share a first stage share its folder, and the folders of
     one variant are linked from run-<hash>/stageN-NAME. A last stage with `stacked: False` starts
     instead from the merged weights of the stages before it, loaded in the training precision (how
-    stages chained before 2026-12-03), to measure what stacking buys."""
-    bidirectional, pooling, stages = spec
+    stages chained before 2026-12-03), to measure what stacking buys. An optional fourth element of
+    `spec` holds the recipe's `encoder:` settings (echo, contextual token, latent attention)."""
+    bidirectional, pooling, stages, *rest = spec
+    options = rest[0] if rest else {}
     stacked = stages[-1].get("stacked", True)
     stages = [{k: v for k, v in s.items() if k != "stacked"} for s in stages]
     configs = [build_stage(settings, args) for settings in stages]
     common = (args.model, bidirectional, pooling, args.dev_limit, args.threads)
-    run_dir = args.work / f"run-{key_of(*common, stages, stacked)}"
+    run_dir = args.work / f"run-{key_of(*common, stages, stacked, *([options] if options else []))}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    recipe = Recipe(name=name, model=args.model, pooling=pooling, bidirectional=bidirectional, stages=configs)
+    recipe = Recipe(name=name, model=args.model, pooling=pooling, bidirectional=bidirectional, stages=configs,
+                    encoder=options)
     model, adapters, stage_dirs = recipe.model, [], []
     for index, stage in enumerate(configs, start=1):
         last = index == len(configs)
-        tag = [] if stacked or not last else ["unstacked"]
+        tag = ([] if stacked or not last else ["unstacked"]) + stage_options(options, stage.objective)
         shared = args.work / f"{stage.objective}-{key_of(*common, stages[:index], *tag)}"
         link = run_dir / f"stage{index}-{stage.name}"
         if not link.is_symlink():
@@ -190,6 +193,14 @@ def run_variant(name: str, spec: tuple, args) -> dict:
 
     return {**summarise_run(configs, stage_dirs, bidirectional, pooling, args, model),
             "threads": torch.get_num_threads(), "doc_dev": document_dev(model, args)}
+
+
+def stage_options(options: dict, objective: str) -> list[dict]:
+    """The encoder settings that can change what a stage trains, for its folder's key. MNTP never pools, so
+    latent-attention settings leave it unchanged: such variants share the plain MNTP stage (the layer then
+    starts fresh, seeded, in the next stage)."""
+    latent_only = all(key.startswith("latent_attention") for key in options)
+    return [] if not options or (objective == "mntp" and latent_only) else [options]
 
 
 def document_dev(model: str, args, bidirectional: bool | None = None) -> float | None:

@@ -77,3 +77,38 @@ def model_dir(tmp_path_factory):
     tiny_model("llama", causal_lm=True).save_pretrained(path)
     byte_tokenizer().save_pretrained(path)
     return path
+
+
+def tiny_bert(path: Path) -> Path:
+    """A random 2-layer BERT (hidden 32) with the byte tokenizer, saved at `path`: a stand-in for the
+    contextual token's pre-encoder (all-MiniLM-L6-v2 in real use)."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(path)
+    byte_tokenizer(add_bos=False).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def pre_encoder_dir(tmp_path_factory):
+    return tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def killed_at_step(monkeypatch, step: int, run) -> None:
+    """Run `run()` with the training loop killed (KeyboardInterrupt) when it reaches `step` (0-based)."""
+    from lm2vec.training.loop import StageRunner
+
+    original = StageRunner.train_step
+
+    def crash(self, at):
+        if at == step:
+            raise KeyboardInterrupt("killed")
+        return original(self, at)
+
+    monkeypatch.setattr(StageRunner, "train_step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(StageRunner, "train_step", original)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import killed_at_step
 from safetensors.torch import load_file
 
 from lm2vec import Encoder
@@ -90,17 +91,7 @@ def test_simcse_views_really_differ_during_training(model_dir, corpus, tmp_path)
 def test_kill_and_resume_ends_with_the_same_weights(finetune, model_dir, corpus, tmp_path, monkeypatch):
     stage = _stage("simcse", corpus, max_steps=6, save_every=2, finetune=finetune, lr=3e-3 if finetune == "lora" else 3e-4)
     _run(model_dir, stage, tmp_path / "straight")
-    original = StageRunner.train_step
-
-    def crash_at_step_5(self, step):
-        if step == 4:
-            raise KeyboardInterrupt("killed")
-        return original(self, step)
-
-    monkeypatch.setattr(StageRunner, "train_step", crash_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
-        _run(model_dir, stage, tmp_path / "resumed")
-    monkeypatch.setattr(StageRunner, "train_step", original)
+    killed_at_step(monkeypatch, 4, lambda: _run(model_dir, stage, tmp_path / "resumed"))
     losses = _run(model_dir, stage, tmp_path / "resumed", resume=True)
     a = load_file(tmp_path / "straight" / "encoder" / "model.safetensors")
     b = load_file(tmp_path / "resumed" / "encoder" / "model.safetensors")

@@ -33,9 +33,12 @@ def plan_batches(lengths: list[int], batch_size: int, max_tokens: int | None = N
 
 
 def pad_batch(
-    sequences: list[list[int]], skips: list[int], pad_id: int, padding_side: str = "right"
+    sequences: list[list[int]], skips: list[int], pad_id: int, padding_side: str = "right",
+    tails: list[int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Pad token lists into tensors: input_ids, attention_mask, pool_mask and position_ids.
+
+    pool_mask covers each row's tokens but its `skips` leading and `tails` trailing ones (default 0).
 
     position_ids count real tokens only, so a left-padded text gets the same positions (and the same
     rotary phases) as when it is alone; the model is never asked to infer them from the padding.
@@ -46,10 +49,10 @@ def pad_batch(
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(sequences), width), dtype=torch.long)
     pooled = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, (seq, skip) in enumerate(zip(sequences, skips)):
+    for row, (seq, skip, tail) in enumerate(zip(sequences, skips, tails or [0] * len(sequences))):
         start = width - len(seq) if padding_side == "left" else 0
         ids[row, start : start + len(seq)] = torch.tensor(seq, dtype=torch.long)
         attention[row, start : start + len(seq)] = 1
-        pooled[row, start + skip : start + len(seq)] = 1
+        pooled[row, start + skip : start + len(seq) - tail] = 1
     positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
     return {"input_ids": ids, "attention_mask": attention, "pool_mask": pooled, "position_ids": positions}

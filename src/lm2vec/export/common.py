@@ -32,6 +32,26 @@ class ExportError(RuntimeError):
     """The exported folder does not reproduce the encoder (and was not written)."""
 
 
+def check_exportable(encoder: Encoder, fmt: str) -> None:
+    """Refuse, before any work, an encoder whose vectors the format cannot reproduce.
+
+    Neither format can run the trainable modules beside the backbone (a contextual token's pre-encoder
+    and MLP, a latent-attention layer): plain transformers and sentence-transformers would load the
+    backbone alone and give other vectors. Echo is an input format: sentence-transformers would embed
+    the text once, so it is refused there; the merged folder keeps it in lm2vec_config.json (lm2vec
+    loads it exactly) and warns that other readers must write the echo themselves."""
+    c = encoder.config
+    extras = [name for name, on in (("contextual", c.contextual), ("latent_attention", c.latent_attention)) if on]
+    if fmt == "sentence-transformers" and c.echo:
+        extras.append("echo")
+    if extras:
+        raise ExportError(f"{' and '.join(extras)} cannot be exported to the {fmt} format: it would give other "
+                          "vectors than lm2vec (use the lm2vec folder itself, Encoder.from_pretrained or lm2vec serve)")
+    if c.echo:
+        warnings.warn("an Echo encoder: lm2vec reads echo from lm2vec_config.json, but other readers of the merged "
+                      f"folder must build the input {c.echo_template!r} and pool the second copy themselves", stacklevel=3)
+
+
 def check_output_folder(output: Path, overwrite: bool) -> None:
     """Refuse to replace anything but an empty folder or (with `overwrite`) an earlier export.
 

@@ -15,6 +15,7 @@ from lm2vec.export.common import (
     PROBE_TEXTS,
     ExportError,
     check_close,
+    check_exportable,
     probe_vectors,
     save_hf,
     staged,
@@ -28,6 +29,7 @@ def export_merged(
     encoder: Encoder, output: str | Path, eval_results: dict | None = None, verify: bool = True
 ) -> float | None:
     """Plain safetensors + tokenizer + lm2vec_config.json + card, for serving engines and transformers."""
+    check_exportable(encoder, "merged")
     output = Path(output)
     with staged(output) as staging:
         save_hf(encoder, staging)

@@ -28,6 +28,7 @@ from lm2vec.export.common import (
     PROBE_TEXTS,
     ExportError,
     check_close,
+    check_exportable,
     plain_model,
     probe_vectors,
     serving_tokenizer,
@@ -65,6 +66,7 @@ def to_sentence_transformer(
     lm2vec puts before a text, so `model.encode_query(texts)` equals `encoder.encode(texts, instruction=...)`.
     A prompt that sentence-transformers would pool differently raises ExportError unless `strict=False`
     (then it warns). Prompts passed ad hoc to `encode(prompt=...)` are not checked."""
+    check_exportable(encoder, "sentence-transformers")  # echo and the extra modules: refused first
     named = st_prompts(encoder, prompts, strict)
     return _build(encoder, encoder.model, named, default_prompt_name)
 
@@ -174,6 +176,7 @@ def export_sentence_transformers(
     default_prompt_name: str | None = None,
 ) -> float | None:
     """A folder that `SentenceTransformer(output)` loads without lm2vec: weights, Pooling, prompts, card."""
+    check_exportable(encoder, "sentence-transformers")
     output = Path(output)
     named = st_prompts(encoder, prompts, strict=False)
     with staged(output) as staging:

@@ -1,4 +1,5 @@
-"""Training checkpoints: adapter weights, optimizer and scheduler state, step. Safetensors + JSON only.
+"""Training checkpoints: adapter weights (and the encoder's trainable extra modules), optimizer and
+scheduler state, step. Safetensors + JSON only.
 
 A checkpoint directory is written under a temporary name and renamed into place, and `state.json`
 (written last) carries `"complete": true`; a directory without it is half-written and never loaded.
@@ -38,16 +39,17 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict, groups: 
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
-def save_checkpoint(directory: Path, step: int, model, optimizer, scheduler, extra: dict) -> Path:
-    """Write checkpoint `step` atomically under `directory/step-XXXXXXX`."""
+def save_checkpoint(directory: Path, step: int, model, optimizer, scheduler, info: dict, extras=None) -> Path:
+    """Write checkpoint `step` atomically under `directory/step-XXXXXXX`; `info` goes into state.json,
+    `extras` (the encoder's extra modules) beside the adapter."""
     target = directory / f"step-{step:07d}"
     staging = staging_dir(target)
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in trainable_state(model).items()},
+        save_file({k: v.detach().cpu().contiguous() for k, v in trainable_state(model, extras).items()},
                   staging / "adapter.safetensors")
         tensors, groups = _optimizer_tensors(optimizer)
         save_file(tensors, staging / "optimizer.safetensors")
-        state = {"step": step, "param_groups": groups, "scheduler": scheduler.state_dict(), **extra, "complete": True}
+        state = {"step": step, "param_groups": groups, "scheduler": scheduler.state_dict(), **info, "complete": True}
         (staging / STATE).write_text(json.dumps(state))
         replace_dir(staging, target)
     except BaseException:
@@ -77,12 +79,12 @@ def latest_checkpoint(directory: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    """Restore adapter weights, optimizer and scheduler from `path`; return its state."""
+def load_checkpoint(path: Path, model, optimizer, scheduler, extras=None) -> dict:
+    """Restore adapter (and extra modules') weights, optimizer and scheduler from `path`; return its state."""
     if not is_complete(path):
         raise ValueError(f"checkpoint {path} is incomplete or corrupt")
     state = json.loads((path / STATE).read_text())
-    load_trainable_state(model, load_file(path / "adapter.safetensors"))
+    load_trainable_state(model, load_file(path / "adapter.safetensors"), extras)
     _restore_optimizer(optimizer, load_file(path / "optimizer.safetensors"), state["param_groups"])
     scheduler.load_state_dict(state["scheduler"])
     return state
@@ -96,7 +98,8 @@ def prune_checkpoints(directory: Path, keep: int) -> None:
 
 
 class BestKeeper:
-    """The trainable (LoRA) weights of the best dev score so far, on disk so that a resumed run keeps them."""
+    """The trainable weights (LoRA and the encoder's extra modules) of the best dev score so far, on disk so
+    that a resumed run keeps them."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -104,19 +107,19 @@ class BestKeeper:
         state = json.loads(info.read_text()) if info.is_file() else {}
         self.step, self.score = state.get("step"), state.get("score")
 
-    def offer(self, step: int, score: float, model) -> bool:
-        """Keep `model`'s adapter weights if `score` beats the best so far; True if kept."""
+    def offer(self, step: int, score: float, model, extras=None) -> bool:
+        """Keep `model`'s adapter (and `extras`') weights if `score` beats the best so far; True if kept."""
         if self.score is not None and score <= self.score:
             return False
-        tensors = {k: v.detach().cpu().contiguous() for k, v in trainable_state(model).items()}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in trainable_state(model, extras).items()}
         self.directory.mkdir(parents=True, exist_ok=True)
         write_safetensors_atomic(self.directory / "adapter.safetensors", tensors)
         write_json_atomic(self.directory / "best.json", {"step": step, "score": score})
         self.step, self.score = step, score
         return True
 
-    def restore(self, model) -> None:
-        load_trainable_state(model, load_file(self.directory / "adapter.safetensors"))
+    def restore(self, model, extras=None) -> None:
+        load_trainable_state(model, load_file(self.directory / "adapter.safetensors"), extras)
 
     def forget_after(self, step: int) -> None:
         """A resumed run replays the steps after its checkpoint: a best found there is found again."""

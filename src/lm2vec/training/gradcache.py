@@ -24,12 +24,16 @@ Side = tuple[str, dict[str, torch.Tensor]]  # (name, collated batch): one group 
 
 
 def trim_columns(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop the padding columns no row of this chunk uses (left or right padding alike)."""
-    used = batch["attention_mask"].bool().any(dim=0).nonzero().flatten()
-    if used.numel() == 0:
-        return batch
-    first, last = int(used[0]), int(used[-1]) + 1
-    return {k: v[:, first:last] for k, v in batch.items()}
+    """Drop the padding columns no row of this chunk uses (left or right padding alike); the contextual
+    token's pre-encoder inputs (`context_*`, a width of their own) by their own mask."""
+    out = dict(batch)
+    for prefix in ("", "context_"):
+        keys = [k for k in batch if k.startswith("context_") == bool(prefix)]
+        used = batch[prefix + "attention_mask"].bool().any(dim=0).nonzero().flatten() if keys else []
+        if len(used):
+            first, last = int(used[0]), int(used[-1]) + 1
+            out.update({k: batch[k][:, first:last] for k in keys})
+    return out
 
 
 def split_rows(batch: dict[str, torch.Tensor], size: int) -> list[tuple[int, dict[str, torch.Tensor]]]:

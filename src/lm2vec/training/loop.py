@@ -6,6 +6,10 @@ train with AdamW under linear warmup and linear decay to zero at `max_steps`, ch
 On a bf16 base the next stage instead runs the earlier adapters unmerged and frozen on the original
 base (bf16 rounding of merged weights would erase part of them; see `stack_frozen_adapters`).
 
+The encoder's trainable extra modules (a latent-attention layer, a contextual token's MLP; see
+core/extras.py) train beside the adapter: in the same optimiser, in float32, in every checkpoint and
+in `keep_best`'s snapshot, and they are saved with the adapter and the merged encoder.
+
 Reproducibility without saved RNG blobs: the data order and every random draw of step s are derived
 from (seed, s, rank), so a run resumed from the checkpoint of step s replays exactly what an
 uninterrupted run would have done. Launched with `torchrun`, each process takes its slice of every
@@ -27,6 +31,7 @@ from tqdm.auto import tqdm
 
 from lm2vec.core.distributed import barrier, init_distributed, process_device
 from lm2vec.core.encoder import Encoder, EncoderConfig, checkpoint_errors, default_device, load_saved_config
+from lm2vec.core.extras import save_extras
 from lm2vec.core.models import resolve_model_path
 from lm2vec.core.soft_bidirectional import annealed_weight, set_future_weight
 from lm2vec.training import checkpoint as ckpt
@@ -97,9 +102,9 @@ def load_stage_encoder(model_path: str, stage: StageConfig, recipe: Recipe, devi
         else:
             backbone = AutoModel.from_pretrained(weights_path, dtype=dtype)
     history = load_saved_config(path).training  # earlier stages, when starting from one of our encoders
-    config = EncoderConfig(pooling=recipe.pooling, bidirectional=recipe.bidirectional,
-                           max_length=stage.max_length, base_model=recipe.model, training=dict(history))
-    encoder = Encoder(backbone.to(device), tokenizer, config)
+    config = EncoderConfig(pooling=recipe.pooling, bidirectional=recipe.bidirectional, max_length=stage.max_length,
+                           base_model=recipe.model, training=dict(history), **recipe.encoder)
+    encoder = Encoder(backbone.to(device), tokenizer, config, folder=path)  # extra modules as the last stage left them
     if lm_head is not None:
         lm_head.to(device)
     return encoder, lm_head
@@ -156,7 +161,8 @@ class StageRunner:
             stack_frozen_adapters(self.peft, self.stacked)
         if stage.gradient_checkpointing:
             self.encoder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.params = trainable_parameters(self.peft)
+        self.extras = self.encoder.extras  # latent attention, contextual token: trained beside LoRA, in float32
+        self.params = trainable_parameters(self.peft) + trainable_parameters(self.extras)
         self.optimizer = torch.optim.AdamW(self.params, lr=stage.lr, weight_decay=stage.weight_decay)
         self.scheduler = linear_schedule(self.optimizer, stage.warmup_steps, stage.max_steps)
         # fp16 gradients underflow without loss scaling; every other precision runs it disabled (a no-op)
@@ -172,7 +178,7 @@ class StageRunner:
             _truncate_log(self.out_dir / "log.jsonl", -1)
             self.best.clear()
             return 0
-        state = ckpt.load_checkpoint(latest, self.peft, self.optimizer, self.scheduler)
+        state = ckpt.load_checkpoint(latest, self.peft, self.optimizer, self.scheduler, self.extras)
         _truncate_log(self.out_dir / "log.jsonl", state["step"])
         self.best.forget_after(state["step"])
         logger.warning("resuming stage %s from %s", self.stage.name, latest)
@@ -253,7 +259,7 @@ class StageRunner:
         score = self.dev.score()
         self.peft.train()
         result = {"dev_spearman": score, "eval_time": time.perf_counter() - began}
-        if self.stage.keep_best and self.best.offer(step, score, self.peft):
+        if self.stage.keep_best and self.best.offer(step, score, self.peft, self.extras):
             result["best"] = True
         tqdm.write(f"{self.stage.name} step {step}: dev Spearman {100 * score:.2f}")
         return result
@@ -261,7 +267,8 @@ class StageRunner:
     def _checkpoint(self, step: int) -> None:
         if self.rank == 0:
             directory = self.out_dir / "checkpoints"
-            ckpt.save_checkpoint(directory, step, self.peft, self.optimizer, self.scheduler, {"stage": self.stage.name})
+            ckpt.save_checkpoint(directory, step, self.peft, self.optimizer, self.scheduler, {"stage": self.stage.name},
+                                 self.extras)
             ckpt.prune_checkpoints(directory, self.stage.keep_checkpoints)
         barrier(self.world)
 
@@ -274,7 +281,7 @@ class StageRunner:
         """Save the adapter and the merged float32 encoder (rank 0), the curves, and a DONE marker."""
         if self.rank == 0:
             if self.stage.keep_best and self.best.step is not None:
-                self.best.restore(self.peft)
+                self.best.restore(self.peft, self.extras)
                 logger.warning("stage %s ends with the best dev weights (step %d)", self.stage.name, self.best.step)
             if self.dropout is not None:
                 restore_dropout(self.encoder.model, self.dropout)
@@ -321,6 +328,7 @@ class StageRunner:
         adapter_dir = self.out_dir / "adapter"
         self.peft.save_pretrained(adapter_dir, selected_adapters=["default"])  # not the stacked earlier ones
         self.encoder.tokenizer.save_pretrained(adapter_dir)
+        save_extras(self.extras, adapter_dir)
         config = {**asdict(self.encoder.config), "base_model": str(Path(resolve_model_path(self.model_path)).resolve())}
         (adapter_dir / "lm2vec_config.json").write_text(json.dumps(config, indent=2) + "\n")
 

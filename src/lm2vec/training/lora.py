@@ -18,6 +18,8 @@ from torch import nn
 from lm2vec.training.fast_dropout import use_fast_dropout
 from lm2vec.training.recipe import LoraSettings
 
+EXTRAS_PREFIX = "lm2vec_extras."  # checkpoint keys of the encoder's extra modules (core/extras.py)
+
 
 def attach_lora(model: nn.Module, settings: LoraSettings) -> PeftModel:
     """Wrap `model` (a base decoder, no LM head) with fresh trainable LoRA adapters; all else frozen."""
@@ -87,18 +89,32 @@ def prepare_full_finetune(model: nn.Module) -> nn.Module:
     return model
 
 
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The weights a checkpoint keeps: the trainable adapter's, or every trained weight of a plain model."""
+def trainable_state(model: nn.Module, extras: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """The weights a checkpoint keeps: the trainable adapter's, or every trained weight of a plain model;
+    plus the trained weights of the encoder's extra modules (`Encoder.extras`), under EXTRAS_PREFIX."""
     if isinstance(model, PeftModel):
-        return get_peft_model_state_dict(model)
-    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+        state = get_peft_model_state_dict(model)
+    else:
+        state = _trained(model)
+    return {**state, **{EXTRAS_PREFIX + name: p for name, p in _trained(extras).items()}}
 
 
-def load_trainable_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+def load_trainable_state(model: nn.Module, tensors: dict[str, torch.Tensor], extras: nn.Module | None = None) -> None:
     """Put back what `trainable_state` returned."""
+    own = {k.removeprefix(EXTRAS_PREFIX): v for k, v in tensors.items() if k.startswith(EXTRAS_PREFIX)}
+    tensors = {k: v for k, v in tensors.items() if not k.startswith(EXTRAS_PREFIX)}
+    if set(own) != set(_trained(extras)):
+        raise ValueError(f"checkpoint holds {len(own)} weights of extra modules where this encoder trains "
+                         f"{len(_trained(extras))}: it was saved with other encoder settings")
+    if own:
+        extras.load_state_dict(own, strict=False)
     if isinstance(model, PeftModel):
         set_peft_model_state_dict(model, tensors)
         return
     unexpected = model.load_state_dict(tensors, strict=False).unexpected_keys
     if unexpected:
         raise ValueError(f"checkpoint holds weights this model does not have: {unexpected[:3]}")
+
+
+def _trained(module: nn.Module | None) -> dict[str, torch.Tensor]:
+    return {} if module is None else {name: p for name, p in module.named_parameters() if p.requires_grad}

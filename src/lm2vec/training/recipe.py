@@ -183,6 +183,9 @@ class Recipe:
     pooling: str = "mean"
     max_length: int = 512
     bidirectional: bool = True
+    # further EncoderConfig settings of every stage's encoder, e.g. {echo: true}, {latent_attention: true},
+    # {contextual: all-minilm-l6-v2}: their trainable modules train with LoRA in the contrastive stages
+    encoder: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check(isinstance(self.stages, list) and self.stages, "a recipe needs a non-empty list of stages")
@@ -194,6 +197,24 @@ class Recipe:
         annealed = [s.name for s in self.stages if s.bidirectional_anneal_steps]
         _check(self.bidirectional or not annealed,
                f"stage {annealed[0] if annealed else ''!r}: bidirectional_anneal_steps needs bidirectional: true")
+        self._check_encoder()
+
+    def _check_encoder(self) -> None:
+        """`encoder:` holds EncoderConfig settings other than the recipe's own keys, valid together."""
+        from lm2vec.core.encoder import EncoderConfig
+
+        own = sorted(set(self.encoder) & {"pooling", "bidirectional", "max_length", "base_model", "training"})
+        _check(not own, f"encoder: {own} are set by the recipe itself (top-level keys or training), not under encoder:")
+        known = {f.name for f in dataclasses.fields(EncoderConfig)}
+        unknown = sorted(set(self.encoder) - known)
+        _check(not unknown, f"encoder: unknown keys {unknown}; known: {', '.join(sorted(known - {'training'}))}")
+        try:
+            EncoderConfig(**self.encoder)
+        except ValueError as error:
+            raise RecipeError(f"encoder: {error}") from None
+        mntp = [s.name for s in self.stages if s.objective == "mntp"]
+        _check(not (self.encoder.get("contextual") and mntp), f"stage {mntp[0] if mntp else ''!r}: a contextual "
+               "token trains with a contrastive objective (simcse, supervised); MNTP does not support it")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
