@@ -69,7 +69,14 @@ def run_key(texts: list, fingerprint: str, settings: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def _claim(plan: ShardPlan, key: str) -> None:
+def shard_key(texts: list, fingerprint: str, shard_size: int, encode_options: dict[str, Any]) -> str:
+    """The manifest key of a sharded run; every engine (torchrun, Ray) computes it alike, so one engine
+    can resume what another began."""
+    settings = {k: v for k, v in encode_options.items() if k in ("instruction", "normalize")}
+    return run_key(texts, fingerprint, {**settings, "shard_size": shard_size, "order": "length"})
+
+
+def claim_shards(plan: ShardPlan, key: str) -> None:
     """Rank 0: start a new shard folder unless one for exactly this run already exists."""
     manifest = plan.directory / MANIFEST
     try:
@@ -84,7 +91,7 @@ def _claim(plan: ShardPlan, key: str) -> None:
                                  "order": "by character length, stable"})
 
 
-def _finished(path: Path, rows: int) -> bool:
+def shard_finished(path: Path, rows: int) -> bool:
     """A shard file counts only if it loads with the expected number of rows (writes are atomic)."""
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False).shape[0] == rows
@@ -92,7 +99,7 @@ def _finished(path: Path, rows: int) -> bool:
         return False
 
 
-def _merge(plan: ShardPlan, output: Path) -> np.ndarray:
+def merge_shards(plan: ShardPlan, output: Path) -> np.ndarray:
     """Concatenate the shards in input order into `output` through a memory map, then rename."""
     first = np.load(plan.path(0), mmap_mode="r", allow_pickle=False)
     tmp = temp_path_beside(output)
@@ -136,16 +143,15 @@ def encode_sharded(
         vectors = encoder.encode(texts, show_progress=False, **encode_options)
         save_npy_atomic(output, vectors)
         return vectors
-    settings = {k: v for k, v in encode_options.items() if k in ("instruction", "normalize")}
-    key = run_key(texts, encoder.fingerprint(), {**settings, "shard_size": shard_size, "order": "length"})
+    key = shard_key(texts, encoder.fingerprint(), shard_size, encode_options)
     if rank == 0:
-        _claim(plan, key)
+        claim_shards(plan, key)
     barrier(world)
     _encode_own_shards(encoder, texts, plan, rank, world, show_progress, encode_options)
     barrier(world)
     if rank != 0:
         return None
-    merged = _merge(plan, output)
+    merged = merge_shards(plan, output)
     if not keep_shards:
         shutil.rmtree(plan.directory)
     return merged
@@ -164,7 +170,7 @@ def _encode_own_shards(encoder, texts: list, plan: ShardPlan, rank: int, world: 
         warnings.simplefilter("always", TruncationWarning)
         for index in own:
             rows = plan.rows(index)
-            if not _finished(plan.path(index), len(rows)):
+            if not shard_finished(plan.path(index), len(rows)):
                 vectors = encoder.encode([texts[i] for i in rows], show_progress=False, **options)
                 save_npy_atomic(plan.path(index), vectors)
             bar.update(len(rows))
