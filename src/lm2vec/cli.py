@@ -72,11 +72,17 @@ def encode(
     keep_shards: bool = typer.Option(False, help="keep <output>.shards/ after merging"),
     device: str = typer.Option(None, help=DEVICE_HELP),
     model_kwargs: str = typer.Option(None, help=KWARGS_HELP),
+    engine: str = typer.Option("local", help="local: this process (or those torchrun started) | ray: Ray Data "
+                               "actors, one model each, on a GPU each when there are GPUs (pip install 'lm2vec[ray]')"),
+    ray_address: str = typer.Option(None, help="--engine ray: the cluster to use (auto, ray://head:10001); "
+                                    "default: a local Ray started and stopped by this command"),
+    ray_workers: int = typer.Option(None, min=1, help="--engine ray: model replicas (default: one per GPU, else 1)"),
 ) -> None:
     """Embed every row of a file and save the vectors as .npy: row i of the input is vector i.
 
     Work is saved shard by shard, so re-running an interrupted command skips finished shards. Under
-    `torchrun --nproc_per_node N` the shards are spread over N processes and rank 0 merges them.
+    `torchrun --nproc_per_node N` the shards are spread over N processes and rank 0 merges them; with
+    `--engine ray` over Ray Data actors (the same shards: either engine resumes the other's work).
     """
     import numpy as np
 
@@ -86,19 +92,28 @@ def encode(
     from lm2vec.io import save_npy_atomic
 
     _check_output(output, overwrite)
+    if engine not in ("local", "ray"):
+        raise typer.BadParameter(f"{engine!r}: choose local or ray", param_hint="--engine")
     load = {"pooling": pooling, "max_length": max_length, "model_kwargs": _model_kwargs(model_kwargs)}
     rank, world = init_distributed()
+    if engine == "ray" and world > 1:
+        raise typer.BadParameter("ray starts its own workers; run it as one process, not under torchrun",
+                                 param_hint="--engine")
     if device is None and world > 1:
         device = process_device()
     rows = read_input_rows(input, column, skip_empty)
     if not rows.texts:
         raise typer.BadParameter(f"{input} holds no texts", param_hint="--input")
     options = {"instruction": instruction, "batch_size": batch_size, "max_tokens": max_tokens, "normalize": normalize}
-    from lm2vec.core.encoder import Encoder
+    if engine == "ray":
+        vectors = _encode_on_ray(model, load, rows.texts, output, shard_size or batch_size, keep_shards, device,
+                                 ray_address, ray_workers, options)
+    else:
+        from lm2vec.core.encoder import Encoder
 
-    encoder = Encoder.from_pretrained(model, device=device, **load)
-    vectors = encode_sharded(encoder, rows.texts, output, shard_size=shard_size, rank=rank, world=world,
-                             keep_shards=keep_shards, show_progress=rank == 0, **options)
+        encoder = Encoder.from_pretrained(model, device=device, **load)
+        vectors = encode_sharded(encoder, rows.texts, output, shard_size=shard_size, rank=rank, world=world,
+                                 keep_shards=keep_shards, show_progress=rank == 0, **options)
     if vectors is not None:
         if skip_empty:
             save_npy_atomic(_index_path(output), np.asarray(rows.rows, dtype=np.int64))
@@ -106,6 +121,17 @@ def encode(
         console.print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} vectors to {output}"
                       + (f" ({world} processes)" if world > 1 else "") + skipped)
     shutdown(world)
+
+
+def _encode_on_ray(model: str, load: dict, texts: list, output: Path, shard_size: int, keep_shards: bool,
+                   device: str | None, address: str | None, workers: int | None, options: dict):
+    """`encode --engine ray`: `--device cpu` keeps the actors off GPUs, `--device cuda` gives each one."""
+    from lm2vec.core.ray_encode import ModelSpec, RayOptions, encode_with_ray
+
+    gpus = None if device is None else (0.0 if device == "cpu" else 1.0)
+    ray_options = RayOptions(address=address, workers=workers, gpus_per_worker=gpus)
+    return encode_with_ray(ModelSpec(model, load), texts, output, shard_size=shard_size, options=ray_options,
+                           keep_shards=keep_shards, show_progress=True, **options)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})

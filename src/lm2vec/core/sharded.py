@@ -7,7 +7,7 @@ Shard i belongs to rank i % world; each rank loads the model once, writes each o
 atomically to <output>.shards/, and skips shards already there. Rank 0 then merges them back into
 input order in the output .npy (a temp file moved into place). A manifest keyed on the texts, the
 model fingerprint and the encoding settings makes sure a re-run never mixes in shards of another
-input or model.
+input or model. core/ray_encode.py encodes the same shards on Ray Data actors (`--engine ray`).
 """
 
 from __future__ import annotations
