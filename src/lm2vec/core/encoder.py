@@ -29,6 +29,7 @@ from lm2vec.core.bidirectional import make_bidirectional, make_causal
 from lm2vec.core.echo import ECHO_TEMPLATE, check_echo_template, tokenize_echo
 from lm2vec.core.errors import CheckpointError, TruncationWarning, checkpoint_errors, warn_truncated  # noqa: F401
 from lm2vec.core.extras import build_extras, check_extras_settings, extras_state, output_dim, save_extras
+from lm2vec.core.loading import check_model_kwargs, hub_kwargs, places_itself, pop_dtype, source_kwargs
 from lm2vec.core.models import resolve_model_path
 from lm2vec.core.pooling import check_pooling_mode, pool
 from lm2vec.core.postprocess import check_dimensions, check_precision, finish
@@ -160,33 +161,40 @@ class Encoder(nn.Module):
         device: str | None = None,
         trust_remote_code: bool = False,
         merge_adapter: bool = False,
+        model_kwargs: dict[str, Any] | None = None,
         **config_overrides,
     ) -> Encoder:
         """Load a built-in name, a local directory or a hub id; saved lm2vec settings win over defaults,
         explicit arguments win over saved settings. A LoRA adapter directory (from `lm2vec train`) is
-        put on the base model its config names, merged into it if `merge_adapter`."""
+        put on the base model its config names, merged into it if `merge_adapter`. `model_kwargs` go to
+        `from_pretrained` as they are (attn_implementation, revision, token, device_map, dtype, ...;
+        see core/loading.py); `dtype` given here wins over theirs."""
         from transformers import AutoModel, AutoTokenizer
 
         from lm2vec.core.adapters import is_adapter_dir, load_adapter
 
-        path = resolve_model_path(name_or_path)
+        load = {"trust_remote_code": trust_remote_code, **check_model_kwargs(model_kwargs)}
+        dtype, sources = pop_dtype(load, dtype), source_kwargs(load)
+        path = resolve_model_path(name_or_path, **hub_kwargs(sources))
         config = load_saved_config(path)
         given = {"pooling": pooling, "bidirectional": bidirectional, "max_length": max_length, **config_overrides}
         config = EncoderConfig(**{**asdict(config), **{k: v for k, v in given.items() if v is not None}})
         config.base_model = config.base_model or str(name_or_path)
         device = device or default_device()
-        dtype = _resolve_dtype(dtype, device)
+        load["dtype"] = _resolve_dtype(dtype, device)
         adapter = is_adapter_dir(path)
-        weights = resolve_model_path(config.base_model) if adapter else path
+        weights = resolve_model_path(config.base_model, **hub_kwargs(sources)) if adapter else path
         with checkpoint_errors(weights):
-            model = AutoModel.from_pretrained(weights, dtype=dtype, trust_remote_code=trust_remote_code)
+            model = AutoModel.from_pretrained(weights, **load)
         if adapter:
             with checkpoint_errors(path):
                 model = load_adapter(model, path, merge=merge_adapter)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, **sources)
         if not config.bidirectional:
             make_causal(model)  # a saved bidirectional folder's config.json says is_causal: false
-        model.to(device).eval()
+        if not places_itself(load):  # device_map / bitsandbytes placed the weights already
+            model.to(device)
+        model.eval()
         encoder = cls(model, tokenizer, config, folder=path)
         encoder.name_or_path = str(name_or_path)
         return encoder
@@ -256,13 +264,15 @@ class Encoder(nn.Module):
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Pooled float32 vectors (B, D) of a collated batch; differentiable (used by training). With the
         extras: states through latent attention before pooling; the contextual state put first (concat)."""
-        states, context = self._forward(batch)
-        if "latent_attention" in self.extras:
-            states = self.extras["latent_attention"](states)
-        pooled = pool(states, batch["pool_mask"].to(self.device), self.config.pooling)
+        states, context = self._forward(batch)  # on the last device of a split (device_map) model
+        if "latent_attention" in self.extras:  # the extras sit on the model's first device
+            layer = self.extras["latent_attention"]
+            states = layer(states.to(next(layer.parameters()).device))
+        pooled = pool(states, batch["pool_mask"].to(states.device), self.config.pooling)
         if context is None or self.config.contextual_output == "text":
             return pooled
-        return context.float() if self.config.contextual_output == "context" else torch.cat([context.float(), pooled], -1)
+        context = context.float().to(pooled.device)
+        return context if self.config.contextual_output == "context" else torch.cat([context, pooled], -1)
 
     def encode(
         self,
@@ -300,11 +310,14 @@ class Encoder(nn.Module):
         return out[0] if single else out
 
     def encode_tokenized(self, tokenized: list[TokenizedText], batch_size: int = 32, normalize: bool = False,
-                         show_progress: bool = False, max_tokens: int | None = None) -> np.ndarray:
-        """`encode` for texts tokenized once already (dev evaluation re-encodes the same texts often)."""
+                         show_progress: bool = False, max_tokens: int | None = None,
+                         inference_mode: bool = True) -> np.ndarray:
+        """`encode` for texts tokenized once already (dev evaluation re-encodes the same texts often).
+        `inference_mode=False`: plain no_grad, for weights FSDP gathers in training (inference tensors
+        made inside inference_mode could not be reused by the next training step)."""
         batches = plan_batches([len(t.ids) for t in tokenized], batch_size, max_tokens)
         out = np.empty((len(tokenized), self.embedding_dim), dtype=np.float32)
-        with torch.inference_mode():
+        with torch.inference_mode() if inference_mode else torch.no_grad():
             for indices in tqdm(batches, desc="encode", unit="batch", disable=not show_progress):
                 vectors = self.embed(self.collate([tokenized[i] for i in indices]))
                 if normalize:

@@ -40,12 +40,15 @@ def export(
     dtype: str | None = None,
     overwrite: bool = False,
     default_prompt_name: str | None = None,
+    model_kwargs: dict | None = None,
 ) -> float | None:
-    """Load MODEL (adapters merged) on the CPU and write it in `fmt`; returns the verified min cosine."""
+    """Load MODEL (adapters merged) on the CPU and write it in `fmt`; returns the verified min cosine.
+    `model_kwargs` go to from_pretrained (revision, token, attn_implementation, ...)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     check_output_folder(Path(output), overwrite)
-    encoder = Encoder.from_pretrained(model, merge_adapter=True, device="cpu", dtype=dtype or "float32")
+    encoder = Encoder.from_pretrained(model, merge_adapter=True, device="cpu", dtype=dtype or "float32",
+                                      model_kwargs=model_kwargs)
     results = json.loads(Path(eval_results).read_text()) if eval_results else find_eval_results(Path(model))
     if fmt == "merged":
         return export_merged(encoder, output, eval_results=results, verify=verify)
