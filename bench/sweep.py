@@ -160,7 +160,7 @@ def run_variant(name: str, spec: tuple, args) -> dict:
     earlier adapters); return its dev curve. Every stage is trained once into a folder named by its
     objective and the settings of all stages up to it (<objective>-<hash>/, holding log.jsonl,
     adapter/ and merged/), so variants that share a first stage share its folder, and the folders of
-    one variant are linked from run-<hash>/stageN-NAME. A last stage with `stacked: False` starts
+    one variant are linked from variant-<hash>/stageN-NAME. A last stage with `stacked: False` starts
     instead from the merged weights of the stages before it, loaded in the training precision (how
     stages chained before 2026-12-03), to measure what stacking buys. An optional fourth element of
     `spec` holds the recipe's `encoder:` settings (echo, contextual token, latent attention)."""
@@ -170,7 +170,7 @@ def run_variant(name: str, spec: tuple, args) -> dict:
     stages = [{k: v for k, v in s.items() if k != "stacked"} for s in stages]
     configs = [build_stage(settings, args) for settings in stages]
     common = (args.model, bidirectional, pooling, args.dev_limit, args.threads)
-    run_dir = args.work / f"run-{key_of(*common, stages, stacked, *([options] if options else []))}"
+    run_dir = args.work / f"variant-{key_of(*common, stages, stacked, *([options] if options else []))}"
     run_dir.mkdir(parents=True, exist_ok=True)
     recipe = Recipe(name=name, model=args.model, pooling=pooling, bidirectional=bidirectional, stages=configs,
                     encoder=options)
