@@ -15,6 +15,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Turn decoder
 console = Console()
 DEVICE_HELP = "cpu, cuda, cuda:1, mps, ... (default: cuda when available, else cpu)"
 MODEL_HELP = "built-in name (smollm2-135m, gemma3-270m), local model folder or hub id"
+DTYPE_HELP = ("float32 | bfloat16 | float16 | bf16-matmul (fast on CPUs with AMX/AVX512-BF16, close to float32) | "
+              "int8-dynamic (default: float32 on CPU, bfloat16 on CUDA; docs/performance.md)")
 
 
 @app.callback()
@@ -56,6 +58,7 @@ def encode(
                                    "(default: one batch, so an interruption loses at most one batch)"),
     keep_shards: bool = typer.Option(False, help="keep <output>.shards/ after merging"),
     device: str = typer.Option(None, help=DEVICE_HELP),
+    dtype: str = typer.Option(None, help=DTYPE_HELP),
 ) -> None:
     """Embed every row of a file and save the vectors as .npy: row i of the input is vector i.
 
@@ -77,7 +80,7 @@ def encode(
     rows = read_input_rows(input, column, skip_empty)
     if not rows.texts:
         raise typer.BadParameter(f"{input} holds no texts", param_hint="--input")
-    encoder = Encoder.from_pretrained(model, pooling=pooling, max_length=max_length, device=device)
+    encoder = Encoder.from_pretrained(model, pooling=pooling, max_length=max_length, device=device, dtype=dtype)
     vectors = encode_sharded(encoder, rows.texts, output, shard_size=shard_size, rank=rank, world=world,
                              keep_shards=keep_shards, instruction=instruction, batch_size=batch_size,
                              max_tokens=max_tokens, normalize=normalize, show_progress=rank == 0)
@@ -313,7 +316,7 @@ def serve(
                                         "answering new requests with 503 shutting_down"),
     normalize: bool = typer.Option(True, help="unit-length vectors, as OpenAI returns"),
     device: str = typer.Option(None, help=DEVICE_HELP),
-    dtype: str = typer.Option(None, help="float32 | bfloat16 | float16 (default: float32 on CPU)"),
+    dtype: str = typer.Option(None, help=DTYPE_HELP),
 ) -> None:
     """Serve MODEL with an OpenAI-compatible POST /v1/embeddings (plus /health and /metrics)."""
     from lm2vec.core.encoder import Encoder
@@ -335,7 +338,8 @@ def serve(
 def export_model(
     model: str = typer.Argument(..., help="built-in name, local directory (trained encoder or adapter) or hub id"),
     output: Path = typer.Argument(..., help="new or empty folder to write (or an earlier export, with --overwrite)"),
-    format: str = typer.Option(..., "--format", "-f", help="sentence-transformers | merged"),
+    format: str = typer.Option(..., "--format", "-f", help="sentence-transformers | merged | onnx | openvino "
+                               "(onnx and openvino: a sentence-transformers folder plus the traced graph)"),
     prompt: list[str] = typer.Option([], help="sentence-transformers prompt NAME=INSTRUCTION (repeatable)"),
     default_prompt: str = typer.Option(None, help="prompt NAME that encode() applies when none is given"),
     eval_results: Path = typer.Option(None, exists=True, dir_okay=False, help="evaluation JSON for the model card"),
@@ -343,7 +347,8 @@ def export_model(
     dtype: str = typer.Option(None, help="weights dtype (default float32)"),
     overwrite: bool = typer.Option(False, help="replace an earlier export in OUTPUT (other folders are refused)"),
 ) -> None:
-    """Write MODEL as a sentence-transformers folder or as plain merged safetensors, with a model card."""
+    """Write MODEL as a sentence-transformers folder (optionally with its ONNX or OpenVINO graph) or as plain
+    merged safetensors, with a model card."""
     from lm2vec.export import export as run_export
 
     prompts = dict(item.split("=", 1) for item in prompt if "=" in item)

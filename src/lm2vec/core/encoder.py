@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from lm2vec.core.batching import pad_batch, plan_batches
 from lm2vec.core.bidirectional import make_bidirectional, make_causal
+from lm2vec.core.compute import apply_compute_mode, resolve_dtype, tensor_bytes
 from lm2vec.core.models import resolve_model_path
 from lm2vec.core.pooling import check_pooling_mode, pool
 from lm2vec.core.tokenization import DEFAULT_TEMPLATE, TokenizedText, format_prefix, tokenize_batch
@@ -113,7 +114,8 @@ def default_device() -> str:
 
 def default_dtype(device: str | torch.device) -> torch.dtype:
     """bfloat16 on CUDA (fast and safe for inference), float32 on CPU: bf16 pays there only on CPUs with
-    AVX512-BF16/AMX, and it moves some vectors (min cosine 0.91 measured, docs/performance.md)."""
+    AVX512-BF16/AMX, and it moves some vectors (min cosine 0.91 measured; `dtype="bf16-matmul"` is the
+    fast CPU mode that stays close to float32, see core/compute.py and docs/performance.md)."""
     return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
 
 
@@ -130,6 +132,7 @@ class Encoder(nn.Module):
             make_bidirectional(self.model)
         self._accepts_positions = "position_ids" in inspect.signature(self._forward_target().forward).parameters
         self._fingerprint: str | None = None
+        self.compute_mode: str | None = None  # set by use_compute_mode: inference only, never saved
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -147,7 +150,8 @@ class Encoder(nn.Module):
     ) -> Encoder:
         """Load a built-in name, a local directory or a hub id; saved lm2vec settings win over defaults,
         explicit arguments win over saved settings. A LoRA adapter directory (from `lm2vec train`) is
-        put on the base model its config names, merged into it if `merge_adapter`."""
+        put on the base model its config names, merged into it if `merge_adapter`. `dtype` is a torch dtype,
+        its name, or a fast inference mode ('bf16-matmul', 'int8-dynamic': see core/compute.py)."""
         from transformers import AutoModel, AutoTokenizer
 
         from lm2vec.core.adapters import is_adapter_dir, load_adapter
@@ -158,21 +162,29 @@ class Encoder(nn.Module):
         config = EncoderConfig(**{**asdict(config), **{k: v for k, v in given.items() if v is not None}})
         config.base_model = config.base_model or str(name_or_path)
         device = device or default_device()
-        dtype = _resolve_dtype(dtype, device)
+        dtype, mode = resolve_dtype(dtype, default_dtype(device))
         adapter = is_adapter_dir(path)
         weights = resolve_model_path(config.base_model) if adapter else path
         with checkpoint_errors(weights):
             model = AutoModel.from_pretrained(weights, dtype=dtype, trust_remote_code=trust_remote_code)
         if adapter:
             with checkpoint_errors(path):
-                model = load_adapter(model, path, merge=merge_adapter)
+                model = load_adapter(model, path, merge=merge_adapter or mode is not None)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         if not config.bidirectional:
             make_causal(model)  # a saved bidirectional folder's config.json says is_causal: false
         model.to(device).eval()
         encoder = cls(model, tokenizer, config)
         encoder.name_or_path = str(name_or_path)
-        return encoder
+        return encoder.use_compute_mode(mode) if mode else encoder
+
+    def use_compute_mode(self, mode: str, float32_layers: int | None = None) -> Encoder:
+        """Convert the float32 backbone, in place, for fast inference ('bf16-matmul', 'int8-dynamic'; see
+        core/compute.py). An adapter is merged first. Cannot be undone, and the encoder can no longer be saved."""
+        merge = getattr(self.model, "merge_and_unload", None)
+        self.model = apply_compute_mode(merge() if callable(merge) else self.model, mode, float32_layers)
+        self.compute_mode, self._fingerprint = mode, None
+        return self
 
     def _forward_target(self) -> nn.Module:
         """The module whose forward signature matters (a peft wrapper forwards to it unchanged)."""
@@ -269,6 +281,9 @@ class Encoder(nn.Module):
     # ---- persistence ----------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write weights (safetensors), tokenizer and lm2vec_config.json; atomic (temp dir + rename)."""
+        if self.compute_mode:
+            raise ValueError(f"this encoder runs in the inference-only compute mode {self.compute_mode!r} (rounded "
+                             "weights); load it without that dtype to save it")
         target = Path(directory)
         staging = staging_dir(target)
         try:
@@ -286,10 +301,11 @@ class Encoder(nn.Module):
     def fingerprint(self) -> str:
         """Stable hash of the weights and settings: the key for evaluation caches."""
         if self._fingerprint is None:
-            digest = hashlib.blake2b(json.dumps(asdict(self.config), sort_keys=True).encode(), digest_size=16)
-            for name, tensor in sorted(self.model.state_dict().items()):
+            settings = {**asdict(self.config), **({"compute_mode": self.compute_mode} if self.compute_mode else {})}
+            digest = hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=16)
+            for name, value in sorted(self.model.state_dict().items()):
                 digest.update(name.encode())
-                digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+                digest.update(tensor_bytes(value))
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 
@@ -298,19 +314,6 @@ def _version() -> str:
     from lm2vec import __version__
 
     return __version__
-
-
-def _resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
-    """Accept torch dtypes or their names ('float32', 'bf16', 'auto')."""
-    if dtype is None or dtype == "auto":
-        return default_dtype(device)
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    aliases = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
-    resolved = getattr(torch, aliases.get(dtype, dtype), None)
-    if not isinstance(resolved, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
-    return resolved
 
 
 class CheckpointError(RuntimeError):
