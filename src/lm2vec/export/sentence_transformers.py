@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from torch import nn
@@ -172,8 +173,13 @@ def export_sentence_transformers(
     eval_results: dict | None = None,
     verify: bool = True,
     default_prompt_name: str | None = None,
+    fmt: str = "sentence-transformers",
+    add_graph: Callable[[Path], float | None] | None = None,
 ) -> float | None:
-    """A folder that `SentenceTransformer(output)` loads without lm2vec: weights, Pooling, prompts, card."""
+    """A folder that `SentenceTransformer(output)` loads without lm2vec: weights, Pooling, prompts, card.
+
+    `add_graph(folder)` writes (and verifies) an engine's graph into the folder before it moves into place
+    (export/graph.py: ONNX, OpenVINO); the lower of the two verified cosines is returned."""
     output = Path(output)
     named = st_prompts(encoder, prompts, strict=False)
     with staged(output) as staging:
@@ -182,10 +188,11 @@ def export_sentence_transformers(
         write_engine_flags(staging, model)
         _add_legacy_pooling_keys(staging)
         write_lm2vec_config(encoder, staging)
-        write_model_card(staging, encoder, output, fmt="sentence-transformers", eval_results=eval_results)
+        write_model_card(staging, encoder, output, fmt=fmt, eval_results=eval_results)
         loaded = _load_bidirectional(staging, model.config.model_type)
         worst = verify_sentence_transformers(encoder, loaded) if verify else None
-    return worst
+        graph = add_graph(staging) if add_graph else None
+    return None if worst is None else min(worst, graph if graph is not None else worst)
 
 
 def _add_legacy_pooling_keys(folder: Path) -> None:
