@@ -20,6 +20,8 @@ DEVICE_HELP = "cpu, cuda, cuda:1, mps, ... (default: cuda when available, else c
 MODEL_HELP = "built-in name (smollm2-135m, gemma3-270m), local model folder or hub id"
 KWARGS_HELP = ("JSON object of from_pretrained arguments, e.g. '{\"attn_implementation\": \"eager\", "
                "\"revision\": \"main\"}' (also token, device_map, dtype)")
+DTYPE_HELP = ("float32 | bfloat16 | float16 | bf16-matmul (fast on CPUs with AMX/AVX512-BF16, close to float32) | "
+              "int8-dynamic (default: float32 on CPU, bfloat16 on CUDA; docs/performance.md)")
 
 
 @app.callback()
@@ -89,6 +91,7 @@ def encode(
                                    "(default: one batch, so an interruption loses at most one batch)"),
     keep_shards: bool = typer.Option(False, help="keep <output>.shards/ after merging"),
     device: str = typer.Option(None, help=DEVICE_HELP),
+    dtype: str = typer.Option(None, help=DTYPE_HELP),
     model_kwargs: str = typer.Option(None, help=KWARGS_HELP),
     engine: str = typer.Option("local", help="local: this process (or those torchrun started) | ray: Ray Data "
                                "actors, one model each, on a GPU each when there are GPUs (pip install 'lm2vec[ray]')"),
@@ -114,7 +117,7 @@ def encode(
     _check_precision(precision)
     if engine not in ("local", "ray"):
         raise typer.BadParameter(f"{engine!r}: choose local or ray", param_hint="--engine")
-    load = {"pooling": pooling, "max_length": max_length, "model_kwargs": _model_kwargs(model_kwargs)}
+    load = {"pooling": pooling, "max_length": max_length, "dtype": dtype, "model_kwargs": _model_kwargs(model_kwargs)}
     rank, world = init_distributed()
     if engine == "ray" and world > 1:
         raise typer.BadParameter("ray starts its own workers; run it as one process, not under torchrun",
@@ -337,7 +340,7 @@ def serve(
                                         "answering new requests with 503 shutting_down"),
     normalize: bool = typer.Option(True, help="unit-length vectors, as OpenAI returns"),
     device: str = typer.Option(None, help=DEVICE_HELP),
-    dtype: str = typer.Option(None, help="float32 | bfloat16 | float16 (default: float32 on CPU)"),
+    dtype: str = typer.Option(None, help=DTYPE_HELP),
     model_kwargs: str = typer.Option(None, help=KWARGS_HELP),
 ) -> None:
     """Serve MODEL with an OpenAI-compatible POST /v1/embeddings (plus /health and /metrics)."""
@@ -361,7 +364,8 @@ def serve(
 def export_model(
     model: str = typer.Argument(..., help="built-in name, local directory (trained encoder or adapter) or hub id"),
     output: Path = typer.Argument(..., help="new or empty folder to write (or an earlier export, with --overwrite)"),
-    format: str = typer.Option(..., "--format", "-f", help="sentence-transformers | merged"),
+    format: str = typer.Option(..., "--format", "-f", help="sentence-transformers | merged | onnx | openvino "
+                               "(onnx and openvino: a sentence-transformers folder plus the traced graph)"),
     prompt: list[str] = typer.Option([], help="sentence-transformers prompt NAME=INSTRUCTION (repeatable)"),
     default_prompt: str = typer.Option(None, help="prompt NAME that encode() applies when none is given"),
     eval_results: Path = typer.Option(None, exists=True, dir_okay=False, help="evaluation JSON for the model card"),
@@ -370,7 +374,8 @@ def export_model(
     overwrite: bool = typer.Option(False, help="replace an earlier export in OUTPUT (other folders are refused)"),
     model_kwargs: str = typer.Option(None, help=KWARGS_HELP),
 ) -> None:
-    """Write MODEL as a sentence-transformers folder or as plain merged safetensors, with a model card."""
+    """Write MODEL as a sentence-transformers folder (optionally with its ONNX or OpenVINO graph) or as plain
+    merged safetensors, with a model card."""
     from lm2vec.export import export as run_export
 
     prompts = dict(item.split("=", 1) for item in prompt if "=" in item)

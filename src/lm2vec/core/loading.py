@@ -1,4 +1,5 @@
-"""How weights are loaded: the user's `model_kwargs` for `from_pretrained`, and 8-bit / 4-bit bases.
+"""How weights are loaded: the user's `model_kwargs` for `from_pretrained`, the default device and dtype
+(or inference compute mode, core/compute.py), and 8-bit / 4-bit bases.
 
 As with sentence-transformers' `model_kwargs`, whatever `from_pretrained` accepts passes through
 unchanged (attn_implementation, revision, token, device_map, dtype, ...), so lm2vec never has to learn
@@ -15,6 +16,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+
+from lm2vec.core.compute import resolve_dtype
 
 # from_pretrained keys that pick the files, not how the model is built: tokenizers and reloads need them too
 SOURCE_KEYS = ("revision", "token", "trust_remote_code", "cache_dir", "local_files_only", "subfolder")
@@ -64,6 +67,30 @@ def pop_dtype(load_kwargs: dict[str, Any], given: Any = None) -> Any:
     """Remove `dtype` (or the older `torch_dtype`) from `load_kwargs`; `given` wins when it is not None."""
     found = [load_kwargs.pop(key, None) for key in ("dtype", "torch_dtype")]
     return given if given is not None else next((d for d in found if d is not None), None)
+
+
+def default_device() -> str:
+    """The first accelerator if any, else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str | torch.device) -> torch.dtype:
+    """bfloat16 on CUDA (fast and safe for inference), float32 on CPU: bf16 pays there only on CPUs with
+    AVX512-BF16/AMX, and it moves some vectors (min cosine 0.91 measured; `dtype="bf16-matmul"` is the
+    fast CPU mode that stays close to float32, see core/compute.py and docs/performance.md)."""
+    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+
+
+def load_dtype(load_kwargs: dict[str, Any], dtype: Any, device: str) -> str | None:
+    """Set `load_kwargs["dtype"]` from `dtype`, else from the dtype (or torch_dtype) already in `load_kwargs`,
+    else `default_dtype(device)`; return the inference compute mode it names (core/compute.py: its weights
+    load in float32), or None. A compute mode converts float32 nn.Linear layers, so a bitsandbytes-quantized
+    load is refused before anything loads."""
+    load_kwargs["dtype"], mode = resolve_dtype(pop_dtype(load_kwargs, dtype), default_dtype(device))
+    if mode and load_kwargs.get("quantization_config") is not None:
+        raise ValueError(f"dtype {mode!r} converts float32 weights for inference; it cannot be combined with "
+                         "quantization_config (the weights are quantized already): drop one of the two")
+    return mode
 
 
 def places_itself(load_kwargs: Mapping[str, Any]) -> bool:
