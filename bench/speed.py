@@ -215,15 +215,24 @@ def run_worker(args) -> None:
 
 
 # ---- orchestration -----------------------------------------------------------------------------
+def run_json(command: list[str]) -> dict:
+    """Run a worker process: its last stdout line is its JSON result; a failure gives {"error": exit status
+    and the end of stderr} (a crash in native code leaves no traceback, only the status)."""
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    if done.returncode != 0:
+        return {"error": f"exit status {done.returncode}\n{done.stderr[-3000:]}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def spawn(args, worker: str, texts_file: Path, vectors: Path, *extra: str) -> dict:
     command = [sys.executable, __file__, "--worker", worker, "--texts-file", str(texts_file), "--vectors", str(vectors),
                "--model", args.model, "--max-length", str(args.max_length), "--batch-size", str(args.batch_size),
                "--budget-rows", str(args.budget_rows), "--budget-tokens", str(args.budget_tokens),
                "--threads", str(args.threads), "--data-dir", str(args.data_dir), *extra]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-    if done.returncode != 0:
-        raise RuntimeError(f"{worker} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_json(command)
+    if "error" in result:
+        raise RuntimeError(f"{worker} failed: {result['error']}")
+    return result
 
 
 def spawn_llm2vec(args, texts_file: Path, vectors: Path) -> dict:

@@ -210,7 +210,7 @@ def test_cli_export_writes_both_formats(tmp_path):
         assert "min cosine" in result.output and (tmp_path / fmt / "config.json").is_file()
     st_config = json.loads((tmp_path / "sentence-transformers" / "config_sentence_transformers.json").read_text())
     assert st_config["default_prompt_name"] == "query" and st_config["prompts"]["query"] == "Retrieve passages: "
-    bad = runner.invoke(app, ["export", str(source), str(tmp_path / "x"), "--format", "onnx"])
+    bad = runner.invoke(app, ["export", str(source), str(tmp_path / "x"), "--format", "tflite"])
     assert bad.exit_code != 0 and not (tmp_path / "x").exists()
     bad = runner.invoke(app, ["export", str(source), str(tmp_path / "x"), "--format", "merged", "--default-prompt", "q"])
     assert isinstance(bad.exception, ValueError) and "names no --prompt" in str(bad.exception)  # a usage error

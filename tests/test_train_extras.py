@@ -131,3 +131,11 @@ def test_recipe_encoder_settings_are_checked():
         Recipe(stages=[stage], encoder={"contextual": "x", "contextual_output": "both"})
     with pytest.raises(RecipeError, match="MNTP does not support it"):
         Recipe(stages=[StageConfig(objective="mntp", data="x"), stage], encoder={"contextual": "x"})
+
+
+def test_fsdp_refuses_the_extra_modules():
+    """FSDP shards the backbone only: the extras would be neither sharded nor clipped with it (DDP trains them)."""
+    stage = StageConfig(objective="simcse", data="x")
+    with pytest.raises(RecipeError, match="fsdp shards the backbone only.*latent_attention.*distributed: ddp"):
+        Recipe(stages=[stage], distributed="fsdp", encoder={"latent_attention": True})
+    assert Recipe(stages=[stage], distributed="ddp", encoder={"latent_attention": True}).distributed == "ddp"

@@ -8,13 +8,20 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lm2vec.cli_demo import demo_table, verdict, worst_ranking
 from lm2vec.cli_errors import exit_with
 from lm2vec.core.models import DEFAULT_MODEL
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Turn decoder LLMs into text encoders.")
 console = Console()
+_verdict = verdict  # the names tests and older scripts import from here
+__all__ = ["app", "main", "worst_ranking"]
 DEVICE_HELP = "cpu, cuda, cuda:1, mps, ... (default: cuda when available, else cpu)"
 MODEL_HELP = "built-in name (smollm2-135m, gemma3-270m), local model folder or hub id"
+KWARGS_HELP = ("JSON object of from_pretrained arguments, e.g. '{\"attn_implementation\": \"eager\", "
+               "\"revision\": \"main\"}' (also token, device_map, dtype)")
+DTYPE_HELP = ("float32 | bfloat16 | float16 | bf16-matmul (fast on CPUs with AMX/AVX512-BF16, close to float32) | "
+              "int8-dynamic (default: float32 on CPU, bfloat16 on CUDA; docs/performance.md)")
 
 
 @app.callback()
@@ -25,6 +32,16 @@ def options(debug: bool = typer.Option(False, "--debug", help="show the full tra
 
 def _index_path(output: Path) -> Path:
     return output.with_name(output.name.removesuffix(".npy") + ".rows.npy")
+
+
+def _model_kwargs(text: str | None) -> dict:
+    """--model-kwargs as keyword arguments, or a usage error naming the option."""
+    from lm2vec.core.loading import parse_model_kwargs
+
+    try:
+        return parse_model_kwargs(text)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--model-kwargs") from None
 
 
 def _check_output(output: Path, overwrite: bool) -> None:
@@ -74,16 +91,23 @@ def encode(
                                    "(default: one batch, so an interruption loses at most one batch)"),
     keep_shards: bool = typer.Option(False, help="keep <output>.shards/ after merging"),
     device: str = typer.Option(None, help=DEVICE_HELP),
+    dtype: str = typer.Option(None, help=DTYPE_HELP),
+    model_kwargs: str = typer.Option(None, help=KWARGS_HELP),
+    engine: str = typer.Option("local", help="local: this process (or those torchrun started) | ray: Ray Data "
+                               "actors, one model each, on a GPU each when there are GPUs (pip install 'lm2vec[ray]')"),
+    ray_address: str = typer.Option(None, help="--engine ray: the cluster to use (auto, ray://head:10001); "
+                                    "default: a local Ray started and stopped by this command"),
+    ray_workers: int = typer.Option(None, min=1, help="--engine ray: model replicas (default: one per GPU, else 1)"),
 ) -> None:
     """Embed every row of a file and save the vectors as .npy: row i of the input is vector i.
 
     Work is saved shard by shard, so re-running an interrupted command skips finished shards. Under
-    `torchrun --nproc_per_node N` the shards are spread over N processes and rank 0 merges them.
+    `torchrun --nproc_per_node N` the shards are spread over N processes and rank 0 merges them; with
+    `--engine ray` over Ray Data actors (the same shards: either engine resumes the other's work).
     """
     import numpy as np
 
     from lm2vec.core.distributed import init_distributed, process_device, shutdown
-    from lm2vec.core.encoder import Encoder
     from lm2vec.core.postprocess import quantize
     from lm2vec.core.sharded import encode_sharded
     from lm2vec.data.inputs import read_input_rows
@@ -91,17 +115,29 @@ def encode(
 
     _check_output(output, overwrite)
     _check_precision(precision)
+    if engine not in ("local", "ray"):
+        raise typer.BadParameter(f"{engine!r}: choose local or ray", param_hint="--engine")
+    load = {"pooling": pooling, "max_length": max_length, "dtype": dtype, "model_kwargs": _model_kwargs(model_kwargs)}
     rank, world = init_distributed()
+    if engine == "ray" and world > 1:
+        raise typer.BadParameter("ray starts its own workers; run it as one process, not under torchrun",
+                                 param_hint="--engine")
     if device is None and world > 1:
         device = process_device()
     rows = read_input_rows(input, column, skip_empty)
     if not rows.texts:
         raise typer.BadParameter(f"{input} holds no texts", param_hint="--input")
-    encoder = Encoder.from_pretrained(model, pooling=pooling, max_length=max_length, device=device)
-    vectors = encode_sharded(encoder, rows.texts, output, shard_size=shard_size, rank=rank, world=world,
-                             keep_shards=keep_shards, instruction=instruction, batch_size=batch_size,
-                             max_tokens=max_tokens, normalize=normalize, dimensions=dimensions,
-                             show_progress=rank == 0)
+    options = {"instruction": instruction, "batch_size": batch_size, "max_tokens": max_tokens, "normalize": normalize,
+               "dimensions": dimensions}
+    if engine == "ray":
+        vectors = _encode_on_ray(model, load, rows.texts, output, shard_size or batch_size, keep_shards, device,
+                                 ray_address, ray_workers, options)
+    else:
+        from lm2vec.core.encoder import Encoder
+
+        encoder = Encoder.from_pretrained(model, device=device, **load)
+        vectors = encode_sharded(encoder, rows.texts, output, shard_size=shard_size, rank=rank, world=world,
+                                 keep_shards=keep_shards, show_progress=rank == 0, **options)
     if vectors is not None and precision != "float32":  # after the merge: one set of ranges for every row
         vectors = quantize(np.asarray(vectors), precision)
         save_npy_atomic(output, vectors)
@@ -115,6 +151,17 @@ def encode(
     shutdown(world)
 
 
+def _encode_on_ray(model: str, load: dict, texts: list, output: Path, shard_size: int, keep_shards: bool,
+                   device: str | None, address: str | None, workers: int | None, options: dict):
+    """`encode --engine ray`: `--device cpu` keeps the actors off GPUs, `--device cuda` gives each one."""
+    from lm2vec.core.ray_encode import ModelSpec, RayOptions, encode_with_ray
+
+    gpus = None if device is None else (0.0 if device == "cpu" else 1.0)
+    ray_options = RayOptions(address=address, workers=workers, gpus_per_worker=gpus)
+    return encode_with_ray(ModelSpec(model, load), texts, output, shard_size=shard_size, options=ray_options,
+                           keep_shards=keep_shards, show_progress=True, **options)
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def train(
     ctx: typer.Context,
@@ -124,24 +171,37 @@ def train(
     output: Path = typer.Option(Path("runs/latest"), "--output", "-o", help="run directory"),
     resume: bool = typer.Option(False, help="continue from the last complete checkpoint in OUTPUT"),
     device: str = typer.Option(None, help=DEVICE_HELP),
+    model_kwargs: str = typer.Option(None, help=KWARGS_HELP + "; merged into the recipe's model_kwargs"),
 ) -> None:
-    """Run every stage of RECIPE; extra arguments are key=value overrides (e.g. mntp.max_steps=10)."""
+    """Run every stage of RECIPE; extra arguments are key=value overrides (e.g. mntp.max_steps=10).
+
+    Multi-process: `torchrun --nproc_per_node N -m lm2vec.cli train ...` or `accelerate launch
+    --multi_gpu --num_processes N -m lm2vec.cli train ...`; DDP, or FSDP with `distributed=fsdp`
+    (docs/training.md)."""
+    import json
+    import os
+
+    from lm2vec.core.distributed import shutdown
     from lm2vec.training.loop import train as run_training
     from lm2vec.training.recipe import load_recipe
 
-    overrides = list(ctx.args) + ([f"model={model}"] if model else [])
+    extra = [f"model_kwargs.{key}={json.dumps(value)}" for key, value in _model_kwargs(model_kwargs).items()]
+    overrides = list(ctx.args) + ([f"model={model}"] if model else []) + extra
     loaded = load_recipe(recipe, overrides)
     final = run_training(loaded, output, resume=resume, device=device)
-    console.print(f"encoder ready: {final}  (Encoder.from_pretrained({str(final)!r}))")
+    if os.environ.get("RANK", "0") == "0":
+        console.print(f"encoder ready: {final}  (Encoder.from_pretrained({str(final)!r}))")
+    shutdown(int(os.environ.get("WORLD_SIZE", "1")))
 
 
 @app.command()
-def info(model: str = typer.Argument(DEFAULT_MODEL, help=MODEL_HELP)) -> None:
+def info(model: str = typer.Argument(DEFAULT_MODEL, help=MODEL_HELP),
+         model_kwargs: str = typer.Option(None, help=KWARGS_HELP)) -> None:
     """Architecture, size and whether bidirectional attention really works for MODEL."""
     from lm2vec.core.bidirectional import BidirectionalError, make_bidirectional
     from lm2vec.core.encoder import Encoder
 
-    encoder = Encoder.from_pretrained(model, bidirectional=False)
+    encoder = Encoder.from_pretrained(model, bidirectional=False, model_kwargs=_model_kwargs(model_kwargs))
     config = encoder.model.config.get_text_config()
     try:
         make_bidirectional(encoder.model)
@@ -176,6 +236,7 @@ def evaluate(
     pooling: str = typer.Option(None, help="mean | weighted_mean | last | first (default: the model's)"),
     bidirectional: bool = typer.Option(None, "--bidirectional/--causal", help="default: the model's setting"),
     device: str = typer.Option(None, help=DEVICE_HELP),
+    model_kwargs: str = typer.Option(None, help=KWARGS_HELP),
 ) -> None:
     """Run MTEB tasks with mteb's own evaluators (offline with --data-dir) and print the main scores."""
     from lm2vec.core.encoder import Encoder
@@ -184,7 +245,8 @@ def evaluate(
 
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     check_task_names(names, data_dir)  # before the model loads
-    encoder = Encoder.from_pretrained(model, pooling=pooling, bidirectional=bidirectional, device=device)
+    encoder = Encoder.from_pretrained(model, pooling=pooling, bidirectional=bidirectional, device=device,
+                                      model_kwargs=_model_kwargs(model_kwargs))
     run_mteb(encoder, names, data_dir=data_dir, output_dir=output, instructions_file=instructions,
              batch_size=batch_size, limit=limit)
 
@@ -204,6 +266,7 @@ def probe(
     bidirectional: bool = typer.Option(None, "--bidirectional/--causal", help="default: the model's setting"),
     batch_size: int = typer.Option(32, min=1, help="sentences per forward pass"),
     device: str = typer.Option(None, help=DEVICE_HELP),
+    model_kwargs: str = typer.Option(None, help=KWARGS_HELP),
 ) -> None:
     """Word-level linear probes on frozen token states (LLM2Vec §3.2): accuracy, entity/chunk F1."""
     from lm2vec.core.encoder import Encoder
@@ -212,72 +275,11 @@ def probe(
     names = [t.strip() for t in task.split(",") if t.strip()]
     settings = ProbeSettings(pooling, shift, train_limit, test_limit, batch_size=batch_size)
     check_tasks(names, data_dir)  # before the model loads
-    encoder = Encoder.from_pretrained(model, bidirectional=bidirectional, device=device)
+    encoder = Encoder.from_pretrained(model, bidirectional=bidirectional, device=device,
+                                      model_kwargs=_model_kwargs(model_kwargs))
     results = probe_tasks(encoder, names, data_dir, settings, cache_dir=output / "embedding_cache", output_dir=output,
                           show_progress=True)
     print_table(results, title=f"word-level probes: {model}")
-
-
-DEMO_PAIRS = [
-    ("A man is playing a guitar.", "Someone is strumming a guitar."),
-    ("A woman is slicing an onion.", "A chef is cutting vegetables."),
-    ("The stock market fell sharply today.", "Share prices dropped steeply this afternoon."),
-]
-DEMO_SENTENCES = [text for pair in DEMO_PAIRS for text in pair]
-
-
-def similarity_table(title: str, texts: list[str], vectors) -> Table:
-    """Cosine similarity matrix as a rich table (vectors must be L2-normalised)."""
-    sims = vectors @ vectors.T
-    table = Table(title=title)
-    table.add_column("")
-    for index in range(len(texts)):
-        table.add_column(str(index), justify="right")
-    for index, text in enumerate(texts):
-        row = [f"{sims[index, j]:.2f}" for j in range(len(texts))]
-        table.add_row(f"{index} {text[:38]}", *row)
-    return table
-
-
-def paraphrase_gap(vectors) -> float:
-    """Mean cosine of the paraphrase pairs minus that of unrelated pairs: higher is a better encoder."""
-    import numpy as np
-
-    sims = vectors @ vectors.T
-    pair_of = np.arange(len(vectors)) // 2
-    same = pair_of[:, None] == pair_of[None, :]
-    off_diagonal = ~np.eye(len(vectors), dtype=bool)
-    return float(sims[same & off_diagonal].mean() - sims[~same].mean())
-
-
-def worst_ranking(vectors) -> tuple[float, float, tuple[int, int]]:
-    """(lowest paraphrase cosine, highest unrelated cosine, that unrelated pair): the demo's claim
-    holds when every paraphrase pair beats every unrelated pair, i.e. the first is above the second."""
-    import numpy as np
-
-    sims = vectors @ vectors.T
-    pair_of = np.arange(len(vectors)) // 2
-    unrelated = np.triu(pair_of[:, None] != pair_of[None, :], 1)
-    i, j = np.unravel_index(np.where(unrelated, sims, -np.inf).argmax(), sims.shape)
-    return float(np.diag(sims[0::2, 1::2]).min()), float(sims[i, j]), (int(i), int(j))
-
-
-def _demo_table(model: str, label: str, **options) -> tuple[float, object]:
-    from lm2vec.core.encoder import Encoder
-
-    vectors = Encoder.from_pretrained(model, **options).encode(DEMO_SENTENCES, normalize=True)
-    gap = paraphrase_gap(vectors)
-    console.print(similarity_table(f"{label}: paraphrase gap {gap:+.3f}", DEMO_SENTENCES, vectors))
-    return gap, vectors
-
-
-def _verdict(vectors) -> str:
-    lowest, highest, (i, j) = worst_ranking(vectors)
-    if lowest > highest:
-        return f"[green]every paraphrase pair ({lowest:.2f} and up) ranks above every unrelated pair ({highest:.2f} at most)[/green]"
-    return (f"[yellow]not there yet[/yellow]: unrelated sentences {i} and {j} ({highest:.2f}) rank above a paraphrase "
-            f"pair ({lowest:.2f}); this 30-step run is not enough here. Train longer: `lm2vec train uni-simcse` "
-            "(150 SimCSE steps, ~15 CPU minutes; README, 'Which recipe')")
 
 
 @app.command()
@@ -300,7 +302,7 @@ def demo(
     loaded = load_recipe(recipe, [f"model={model}"])
     attention = "bidirectional" if loaded.bidirectional else "causal"
     started = time.monotonic()
-    before, _ = _demo_table(model, f"{model}, {attention}, no training", bidirectional=loaded.bidirectional,
+    before, _ = demo_table(console, model, f"{model}, {attention}, no training", bidirectional=loaded.bidirectional,
                             pooling=loaded.pooling)
     timings = [("model and table before", time.monotonic() - started)]
     if train:
@@ -308,11 +310,11 @@ def demo(
         console.print(f"training {loaded.name} ({attention}; {steps}) into {output}: a few CPU minutes")
         final = run_training(loaded, output, resume=True)
         timings.append(("training", time.monotonic() - started - sum(t for _, t in timings)))
-        after, vectors = _demo_table(str(final), f"after {loaded.name}")
+        after, vectors = demo_table(console, str(final), f"after {loaded.name}")
         timings.append(("table after", time.monotonic() - started - sum(t for _, t in timings)))
         console.print(f"paraphrase gap: {before:+.3f} before, {after:+.3f} after training (loss curves: "
                       f"{output}/*/loss.png)")
-        console.print(_verdict(vectors))
+        console.print(verdict(vectors))
     console.print("took " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings)
                   + f"; {time.monotonic() - started:.0f} s in all")
 
@@ -338,7 +340,8 @@ def serve(
                                         "answering new requests with 503 shutting_down"),
     normalize: bool = typer.Option(True, help="unit-length vectors, as OpenAI returns"),
     device: str = typer.Option(None, help=DEVICE_HELP),
-    dtype: str = typer.Option(None, help="float32 | bfloat16 | float16 (default: float32 on CPU)"),
+    dtype: str = typer.Option(None, help=DTYPE_HELP),
+    model_kwargs: str = typer.Option(None, help=KWARGS_HELP),
 ) -> None:
     """Serve MODEL with an OpenAI-compatible POST /v1/embeddings (plus /health and /metrics)."""
     from lm2vec.core.encoder import Encoder
@@ -346,7 +349,8 @@ def serve(
     from lm2vec.serving.app import serve as run_server
     from lm2vec.serving.queue import QueueSettings
 
-    encoder = Encoder.from_pretrained(model, max_length=max_length, device=device, dtype=dtype, merge_adapter=True)
+    encoder = Encoder.from_pretrained(model, max_length=max_length, device=device, dtype=dtype, merge_adapter=True,
+                                      model_kwargs=_model_kwargs(model_kwargs))
     queue = QueueSettings(max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens,
                           max_queue_inputs=max_queue, max_wait_s=max_wait_ms / 1000, merge_requests=merge_requests)
     name = served_model_name or (Path(model).name if Path(model).is_dir() else model)
@@ -360,15 +364,18 @@ def serve(
 def export_model(
     model: str = typer.Argument(..., help="built-in name, local directory (trained encoder or adapter) or hub id"),
     output: Path = typer.Argument(..., help="new or empty folder to write (or an earlier export, with --overwrite)"),
-    format: str = typer.Option(..., "--format", "-f", help="sentence-transformers | merged"),
+    format: str = typer.Option(..., "--format", "-f", help="sentence-transformers | merged | onnx | openvino "
+                               "(onnx and openvino: a sentence-transformers folder plus the traced graph)"),
     prompt: list[str] = typer.Option([], help="sentence-transformers prompt NAME=INSTRUCTION (repeatable)"),
     default_prompt: str = typer.Option(None, help="prompt NAME that encode() applies when none is given"),
     eval_results: Path = typer.Option(None, exists=True, dir_okay=False, help="evaluation JSON for the model card"),
     verify: bool = typer.Option(True, help="reload the export and check it gives lm2vec's vectors"),
     dtype: str = typer.Option(None, help="weights dtype (default float32)"),
     overwrite: bool = typer.Option(False, help="replace an earlier export in OUTPUT (other folders are refused)"),
+    model_kwargs: str = typer.Option(None, help=KWARGS_HELP),
 ) -> None:
-    """Write MODEL as a sentence-transformers folder or as plain merged safetensors, with a model card."""
+    """Write MODEL as a sentence-transformers folder (optionally with its ONNX or OpenVINO graph) or as plain
+    merged safetensors, with a model card."""
     from lm2vec.export import export as run_export
 
     prompts = dict(item.split("=", 1) for item in prompt if "=" in item)
@@ -377,7 +384,8 @@ def export_model(
     if default_prompt and default_prompt not in prompts:
         raise ValueError(f"--default-prompt {default_prompt!r} names no --prompt (given: {sorted(prompts) or 'none'})")
     report = run_export(model, output, format, prompts=prompts, eval_results=eval_results, verify=verify, dtype=dtype,
-                        overwrite=overwrite, default_prompt_name=default_prompt)
+                        overwrite=overwrite, default_prompt_name=default_prompt,
+                        model_kwargs=_model_kwargs(model_kwargs))
     console.print(f"wrote {format} export to {output}" + (f" (min cosine vs lm2vec {report:.6f})" if report else ""))
 
 

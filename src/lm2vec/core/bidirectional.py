@@ -82,7 +82,7 @@ def make_bidirectional(model: nn.Module, verify: bool = True) -> nn.Module:
     return model
 
 
-def _probe_ids(model: nn.Module, length: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+def probe_ids(model: nn.Module, length: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
     """Two id sequences that differ only in their last token, avoiding the low (often special) ids."""
     vocab = model.config.get_text_config().vocab_size
     base = torch.arange(length) * 7 % max(vocab // 2, 2) + min(100, vocab // 4)
@@ -108,7 +108,7 @@ def is_bidirectional(model: nn.Module, atol: float = 1e-6) -> bool:
     was_training = model.training
     model.eval()
     try:
-        base, changed = _probe_ids(model)
+        base, changed = probe_ids(model)
         delta = (first_token_state(model, base) - first_token_state(model, changed)).abs().max().item()
     finally:
         model.train(was_training)

@@ -90,7 +90,8 @@ class ContextualToken(nn.Module):
         if "context_input_ids" not in batch:
             raise ValueError("a contextual-token encoder needs the text itself (Encoder.tokenize), not bare token ids")
         ids, attention = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        embeds = model.get_input_embeddings()(ids)  # (B, T, D)
+        # a DistributedDataParallel wrapper (training/engine.py) holds the model as `.module`
+        embeds = getattr(model, "module", model).get_input_embeddings()(ids)  # (B, T, D)
         token = self.vector(batch["context_input_ids"].to(device), batch["context_attention_mask"].to(device))
         at = attention.argmax(dim=1) + self.lead  # (B,) the token's column: after each row's BOS
         index, is_token = _insert_index(at, ids.shape[1])  # (B, T+1) each

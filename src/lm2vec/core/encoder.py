@@ -26,13 +26,28 @@ from tqdm.auto import tqdm
 
 from lm2vec.core.batching import pad_batch, plan_batches
 from lm2vec.core.bidirectional import make_bidirectional, make_causal
+from lm2vec.core.compute import apply_compute_mode, tensor_bytes
 from lm2vec.core.echo import ECHO_TEMPLATE, check_echo_template, tokenize_echo
 from lm2vec.core.errors import CheckpointError, TruncationWarning, checkpoint_errors, warn_truncated  # noqa: F401
 from lm2vec.core.extras import build_extras, check_extras_settings, extras_state, output_dim, save_extras
+from lm2vec.core.loading import (
+    check_model_kwargs,
+    default_device,
+    hub_kwargs,
+    load_dtype,
+    places_itself,
+    source_kwargs,
+)
 from lm2vec.core.models import resolve_model_path
 from lm2vec.core.pooling import check_pooling_mode, pool
 from lm2vec.core.postprocess import check_dimensions, check_precision, finish
-from lm2vec.core.tokenization import DEFAULT_TEMPLATE, TokenizedText, format_prefix, tokenize_batch
+from lm2vec.core.tokenization import (
+    DEFAULT_TEMPLATE,
+    TokenizedText,
+    format_prefix,
+    tokenize_batch,
+    validate_texts,
+)
 from lm2vec.io import replace_dir, staging_dir
 
 logger = logging.getLogger(__name__)
@@ -98,37 +113,6 @@ class EncoderConfig:
         return json.dumps(payload, indent=2) + "\n"
 
 
-def _validate_texts(texts) -> tuple[list[tuple[str | None, str]], bool]:
-    """Normalise input to (instruction, text) pairs; a lone string is allowed and flagged."""
-    if isinstance(texts, str):
-        return _validate_texts([texts])[0], True
-    if not isinstance(texts, (list, tuple)):
-        raise ValueError(f"texts must be a list of strings or (instruction, text) pairs, got {type(texts).__name__}")
-    items: list[tuple[str | None, str]] = []
-    for index, item in enumerate(texts):
-        if isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(x, str) for x in item):
-            instruction, text = item
-        elif isinstance(item, str):
-            instruction, text = None, item
-        else:
-            raise ValueError(f"texts[{index}] must be a string or an (instruction, text) pair, got {item!r:.80}")
-        if not text.strip():
-            raise ValueError(f"texts[{index}] is empty: there is nothing to embed")
-        items.append((instruction, text))
-    return items, False
-
-
-def default_device() -> str:
-    """The first accelerator if any, else the CPU."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def default_dtype(device: str | torch.device) -> torch.dtype:
-    """bfloat16 on CUDA (fast and safe for inference), float32 on CPU: bf16 pays there only on CPUs with
-    AVX512-BF16/AMX, and it moves some vectors (min cosine 0.91 measured, docs/performance.md)."""
-    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-
-
 class Encoder(nn.Module):
     """Turns texts into vectors with a (by default bidirectional) decoder LLM."""
 
@@ -147,6 +131,7 @@ class Encoder(nn.Module):
         self.extras = build_extras(self.config, model, tokenizer, folder).to(next(model.parameters()).device)
         self._accepts_positions = "position_ids" in inspect.signature(self._forward_target().forward).parameters
         self._fingerprint: str | None = None
+        self.compute_mode: str | None = None  # set by use_compute_mode: inference only, never saved
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -160,36 +145,52 @@ class Encoder(nn.Module):
         device: str | None = None,
         trust_remote_code: bool = False,
         merge_adapter: bool = False,
+        model_kwargs: dict[str, Any] | None = None,
         **config_overrides,
     ) -> Encoder:
         """Load a built-in name, a local directory or a hub id; saved lm2vec settings win over defaults,
         explicit arguments win over saved settings. A LoRA adapter directory (from `lm2vec train`) is
-        put on the base model its config names, merged into it if `merge_adapter`."""
+        put on the base model its config names, merged into it if `merge_adapter`. `model_kwargs` go to
+        `from_pretrained` as they are (attn_implementation, revision, token, device_map, dtype, ...;
+        see core/loading.py). `dtype` (a torch dtype, its name, or a fast inference mode: 'bf16-matmul',
+        'int8-dynamic', see core/compute.py) given here wins over theirs."""
         from transformers import AutoModel, AutoTokenizer
 
         from lm2vec.core.adapters import is_adapter_dir, load_adapter
 
-        path = resolve_model_path(name_or_path)
+        load = {"trust_remote_code": trust_remote_code, **check_model_kwargs(model_kwargs)}
+        sources = source_kwargs(load)
+        path = resolve_model_path(name_or_path, **hub_kwargs(sources))
         config = load_saved_config(path)
         given = {"pooling": pooling, "bidirectional": bidirectional, "max_length": max_length, **config_overrides}
         config = EncoderConfig(**{**asdict(config), **{k: v for k, v in given.items() if v is not None}})
         config.base_model = config.base_model or str(name_or_path)
         device = device or default_device()
-        dtype = _resolve_dtype(dtype, device)
+        mode = load_dtype(load, dtype, device)  # dtype from here or model_kwargs; a compute mode loads float32
         adapter = is_adapter_dir(path)
-        weights = resolve_model_path(config.base_model) if adapter else path
+        weights = resolve_model_path(config.base_model, **hub_kwargs(sources)) if adapter else path
         with checkpoint_errors(weights):
-            model = AutoModel.from_pretrained(weights, dtype=dtype, trust_remote_code=trust_remote_code)
+            model = AutoModel.from_pretrained(weights, **load)
         if adapter:
             with checkpoint_errors(path):
-                model = load_adapter(model, path, merge=merge_adapter)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+                model = load_adapter(model, path, merge=merge_adapter or mode is not None)
+        tokenizer = AutoTokenizer.from_pretrained(path, **sources)
         if not config.bidirectional:
             make_causal(model)  # a saved bidirectional folder's config.json says is_causal: false
-        model.to(device).eval()
+        if not places_itself(load):  # device_map / bitsandbytes placed the weights already
+            model.to(device)
+        model.eval()
         encoder = cls(model, tokenizer, config, folder=path)
         encoder.name_or_path = str(name_or_path)
-        return encoder
+        return encoder.use_compute_mode(mode) if mode else encoder
+
+    def use_compute_mode(self, mode: str, float32_layers: int | None = None) -> Encoder:
+        """Convert the float32 backbone, in place, for fast inference ('bf16-matmul', 'int8-dynamic'; see
+        core/compute.py). An adapter is merged first. Cannot be undone, and the encoder can no longer be saved."""
+        merge = getattr(self.model, "merge_and_unload", None)
+        self.model = apply_compute_mode(merge() if callable(merge) else self.model, mode, float32_layers)
+        self.compute_mode, self._fingerprint = mode, None
+        return self
 
     def _forward_target(self) -> nn.Module:
         """The module whose forward signature matters (a peft wrapper forwards to it unchanged)."""
@@ -256,13 +257,15 @@ class Encoder(nn.Module):
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Pooled float32 vectors (B, D) of a collated batch; differentiable (used by training). With the
         extras: states through latent attention before pooling; the contextual state put first (concat)."""
-        states, context = self._forward(batch)
-        if "latent_attention" in self.extras:
-            states = self.extras["latent_attention"](states)
-        pooled = pool(states, batch["pool_mask"].to(self.device), self.config.pooling)
+        states, context = self._forward(batch)  # on the last device of a split (device_map) model
+        if "latent_attention" in self.extras:  # the extras sit on the model's first device
+            layer = self.extras["latent_attention"]
+            states = layer(states.to(next(layer.parameters()).device))
+        pooled = pool(states, batch["pool_mask"].to(states.device), self.config.pooling)
         if context is None or self.config.contextual_output == "text":
             return pooled
-        return context.float() if self.config.contextual_output == "context" else torch.cat([context.float(), pooled], -1)
+        context = context.float().to(pooled.device)
+        return context if self.config.contextual_output == "context" else torch.cat([context, pooled], -1)
 
     def encode(
         self,
@@ -287,7 +290,7 @@ class Encoder(nn.Module):
         """
         check_dimensions(dimensions, self.embedding_dim)  # before any model work
         check_precision(precision)
-        items, single = _validate_texts(texts)
+        items, single = validate_texts(texts)
         if not items:
             return finish(np.zeros((0, self.embedding_dim), dtype=np.float32), dimensions, normalize, precision)
         items = [(pair_instruction or instruction, text) for pair_instruction, text in items]
@@ -300,11 +303,14 @@ class Encoder(nn.Module):
         return out[0] if single else out
 
     def encode_tokenized(self, tokenized: list[TokenizedText], batch_size: int = 32, normalize: bool = False,
-                         show_progress: bool = False, max_tokens: int | None = None) -> np.ndarray:
-        """`encode` for texts tokenized once already (dev evaluation re-encodes the same texts often)."""
+                         show_progress: bool = False, max_tokens: int | None = None,
+                         inference_mode: bool = True) -> np.ndarray:
+        """`encode` for texts tokenized once already (dev evaluation re-encodes the same texts often).
+        `inference_mode=False`: plain no_grad, for weights FSDP gathers in training (inference tensors
+        made inside inference_mode could not be reused by the next training step)."""
         batches = plan_batches([len(t.ids) for t in tokenized], batch_size, max_tokens)
         out = np.empty((len(tokenized), self.embedding_dim), dtype=np.float32)
-        with torch.inference_mode():
+        with torch.inference_mode() if inference_mode else torch.no_grad():
             for indices in tqdm(batches, desc="encode", unit="batch", disable=not show_progress):
                 vectors = self.embed(self.collate([tokenized[i] for i in indices]))
                 if normalize:
@@ -323,6 +329,9 @@ class Encoder(nn.Module):
     # ---- persistence ----------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write weights (safetensors), tokenizer and lm2vec_config.json; atomic (temp dir + rename)."""
+        if self.compute_mode:
+            raise ValueError(f"this encoder runs in the inference-only compute mode {self.compute_mode!r} (rounded "
+                             "weights); load it without that dtype to save it")
         target = Path(directory)
         staging = staging_dir(target)
         try:
@@ -341,11 +350,12 @@ class Encoder(nn.Module):
     def fingerprint(self) -> str:
         """Stable hash of the weights and settings: the key for evaluation caches."""
         if self._fingerprint is None:
-            digest = hashlib.blake2b(json.dumps(asdict(self.config), sort_keys=True).encode(), digest_size=16)
+            settings = {**asdict(self.config), **({"compute_mode": self.compute_mode} if self.compute_mode else {})}
+            digest = hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=16)
             extras = {f"lm2vec_extras.{k}": v for k, v in extras_state(self.extras).items()}
-            for name, tensor in sorted({**self.model.state_dict(), **extras}.items()):
+            for name, value in sorted({**self.model.state_dict(), **extras}.items()):
                 digest.update(name.encode())
-                digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+                digest.update(tensor_bytes(value))
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 
@@ -356,17 +366,6 @@ def _version() -> str:
     return __version__
 
 
-def _resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
-    """Accept torch dtypes or their names ('float32', 'bf16', 'auto')."""
-    if dtype is None or dtype == "auto":
-        return default_dtype(device)
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    aliases = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
-    resolved = getattr(torch, aliases.get(dtype, dtype), None)
-    if not isinstance(resolved, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
-    return resolved
 
 
 def load_saved_config(path: str) -> EncoderConfig:

@@ -153,7 +153,7 @@ def hub_offline() -> bool:
     return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-def check_hub_id(repo_id: str) -> None:
+def check_hub_id(repo_id: str, revision: str | None = None, token: str | bool | None = None) -> None:
     """Fail in seconds, naming the built-ins, for an id the hub cannot give us.
 
     Without this check transformers retries a missing network for over a minute and ends in a long
@@ -169,12 +169,12 @@ def check_hub_id(repo_id: str) -> None:
         validate_repo_id(repo_id)
     except HFValidationError:
         raise _unknown(repo_id, "no such folder, and not a valid hub id") from None
-    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+    if isinstance(try_to_load_from_cache(repo_id, "config.json", revision=revision), str):
         return
     if hub_offline():
         raise _unknown(repo_id, "not a folder here, and not in the local hub cache (HF_HUB_OFFLINE is set)")
     try:
-        HfApi().model_info(repo_id, timeout=10)
+        HfApi().model_info(repo_id, revision=revision, timeout=10, token=token)
     except GatedRepoError:
         return  # it exists; transformers explains how to get access
     except RepositoryNotFoundError:
@@ -185,8 +185,10 @@ def check_hub_id(repo_id: str) -> None:
                                 f"{error})") from None
 
 
-def resolve_model_path(name_or_path: str | os.PathLike) -> str:
-    """A local directory stays as is; a built-in name becomes its cache directory; anything else is a hub id."""
+def resolve_model_path(name_or_path: str | os.PathLike, revision: str | None = None,
+                       token: str | bool | None = None) -> str:
+    """A local directory stays as is; a built-in name becomes its cache directory; anything else is a hub id
+    (checked at `revision`, with `token` for a private or gated repo)."""
     text = str(name_or_path)
     if Path(text).expanduser().is_dir():
         return str(Path(text).expanduser())
@@ -196,5 +198,5 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
         return str(packaged_encoder_dir(text))
     if Path(text).expanduser().exists():
         raise ModelNotFoundError(f"{text} is a file, not a model folder")
-    check_hub_id(text)
+    check_hub_id(text, revision, token)
     return text

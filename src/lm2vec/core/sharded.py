@@ -7,7 +7,7 @@ Shard i belongs to rank i % world; each rank loads the model once, writes each o
 atomically to <output>.shards/, and skips shards already there. Rank 0 then merges them back into
 input order in the output .npy (a temp file moved into place). A manifest keyed on the texts, the
 model fingerprint and the encoding settings makes sure a re-run never mixes in shards of another
-input or model.
+input or model. core/ray_encode.py encodes the same shards on Ray Data actors (`--engine ray`).
 """
 
 from __future__ import annotations
@@ -69,7 +69,16 @@ def run_key(texts: list, fingerprint: str, settings: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def _claim(plan: ShardPlan, key: str) -> None:
+def shard_key(texts: list, fingerprint: str, shard_size: int, encode_options: dict[str, Any]) -> str:
+    """The manifest key of a sharded run; every engine (torchrun, Ray) computes it alike, so one engine
+    can resume what another began."""
+    settings = {k: v for k, v in encode_options.items() if k in ("instruction", "normalize")}
+    if encode_options.get("dimensions") is not None:  # absent otherwise: earlier runs' shards stay valid
+        settings["dimensions"] = encode_options["dimensions"]
+    return run_key(texts, fingerprint, {**settings, "shard_size": shard_size, "order": "length"})
+
+
+def claim_shards(plan: ShardPlan, key: str) -> None:
     """Rank 0: start a new shard folder unless one for exactly this run already exists."""
     manifest = plan.directory / MANIFEST
     try:
@@ -84,7 +93,7 @@ def _claim(plan: ShardPlan, key: str) -> None:
                                  "order": "by character length, stable"})
 
 
-def _finished(path: Path, rows: int) -> bool:
+def shard_finished(path: Path, rows: int) -> bool:
     """A shard file counts only if it loads with the expected number of rows (writes are atomic)."""
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False).shape[0] == rows
@@ -92,7 +101,7 @@ def _finished(path: Path, rows: int) -> bool:
         return False
 
 
-def _merge(plan: ShardPlan, output: Path) -> np.ndarray:
+def merge_shards(plan: ShardPlan, output: Path) -> np.ndarray:
     """Concatenate the shards in input order into `output` through a memory map, then rename."""
     first = np.load(plan.path(0), mmap_mode="r", allow_pickle=False)
     tmp = temp_path_beside(output)
@@ -137,18 +146,15 @@ def encode_sharded(
         vectors = encoder.encode(texts, show_progress=False, **encode_options)
         save_npy_atomic(output, vectors)
         return vectors
-    settings = {k: v for k, v in encode_options.items() if k in ("instruction", "normalize")}
-    if encode_options.get("dimensions") is not None:  # absent otherwise: earlier runs' shards stay valid
-        settings["dimensions"] = encode_options["dimensions"]
-    key = run_key(texts, encoder.fingerprint(), {**settings, "shard_size": shard_size, "order": "length"})
+    key = shard_key(texts, encoder.fingerprint(), shard_size, encode_options)
     if rank == 0:
-        _claim(plan, key)
+        claim_shards(plan, key)
     barrier(world)
     _encode_own_shards(encoder, texts, plan, rank, world, show_progress, encode_options)
     barrier(world)
     if rank != 0:
         return None
-    merged = _merge(plan, output)
+    merged = merge_shards(plan, output)
     if not keep_shards:
         shutil.rmtree(plan.directory)
     return merged
@@ -167,7 +173,7 @@ def _encode_own_shards(encoder, texts: list, plan: ShardPlan, rank: int, world: 
         warnings.simplefilter("always", TruncationWarning)
         for index in own:
             rows = plan.rows(index)
-            if not _finished(plan.path(index), len(rows)):
+            if not shard_finished(plan.path(index), len(rows)):
                 vectors = encoder.encode([texts[i] for i in rows], show_progress=False, **options)
                 save_npy_atomic(plan.path(index), vectors)
             bar.update(len(rows))

@@ -4,6 +4,7 @@ LLM2Vec marks the instruction with a magic separator string and re-tokenizes the
 its tokens. We tokenize `prefix + text` once and use the tokenizer's character offsets: every token that
 ends inside the prefix belongs to the instruction. That is exact for any tokenizer with offsets, even
 when a token would straddle the boundary (it then counts as text, since it carries text characters).
+`validate_texts` turns `Encoder.encode`'s input into (instruction, text) pairs first.
 """
 
 from __future__ import annotations
@@ -102,3 +103,23 @@ def tokenize_batch(
         kept = truncate(ids, specials, max_length)
         out.append(TokenizedText(ids=kept, skip=min(skip, len(kept) - 1), truncated=len(kept) < len(ids)))
     return out
+
+
+def validate_texts(texts) -> tuple[list[tuple[str | None, str]], bool]:
+    """Normalise input to (instruction, text) pairs; a lone string is allowed and flagged."""
+    if isinstance(texts, str):
+        return validate_texts([texts])[0], True
+    if not isinstance(texts, (list, tuple)):
+        raise ValueError(f"texts must be a list of strings or (instruction, text) pairs, got {type(texts).__name__}")
+    items: list[tuple[str | None, str]] = []
+    for index, item in enumerate(texts):
+        if isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(x, str) for x in item):
+            instruction, text = item
+        elif isinstance(item, str):
+            instruction, text = None, item
+        else:
+            raise ValueError(f"texts[{index}] must be a string or an (instruction, text) pair, got {item!r:.80}")
+        if not text.strip():
+            raise ValueError(f"texts[{index}] is empty: there is nothing to embed")
+        items.append((instruction, text))
+    return items, False

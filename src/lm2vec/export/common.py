@@ -1,4 +1,4 @@
-"""What both export formats share: the output-folder rule, the weights as transformers saves them,
+"""What the export formats share: the output-folder rule, the weights as transformers saves them,
 lm2vec's config beside them, and the check that the exported folder reproduces lm2vec's vectors.
 """
 
@@ -32,21 +32,27 @@ class ExportError(RuntimeError):
     """The exported folder does not reproduce the encoder (and was not written)."""
 
 
-def check_exportable(encoder: Encoder, fmt: str) -> None:
+def check_exportable(encoder: Encoder, fmt: str, live: bool = False) -> None:
     """Refuse, before any work, an encoder whose vectors the format cannot reproduce.
 
-    Neither format can run the trainable modules beside the backbone (a contextual token's pre-encoder
-    and MLP, a latent-attention layer): plain transformers and sentence-transformers would load the
-    backbone alone and give other vectors. Echo is an input format: sentence-transformers would embed
-    the text once, so it is refused there; the merged folder keeps it in lm2vec_config.json (lm2vec
-    loads it exactly) and warns that other readers must write the echo themselves."""
+    No format can run the trainable modules beside the backbone (a contextual token's pre-encoder and
+    MLP, a latent-attention layer): plain transformers, sentence-transformers and the ONNX / OpenVINO
+    graphs hold the backbone alone and would give other vectors. Echo is an input format:
+    sentence-transformers (also with the onnx / openvino backends) would embed the text once, so it is
+    refused there; the merged folder keeps it in lm2vec_config.json (lm2vec loads it exactly) and warns
+    that other readers must write the echo themselves. The on-disk formats save the weights, so an encoder
+    in an inference-only compute mode (rounded weights, core/compute.py) is refused as save_pretrained
+    refuses it; the `live` sentence-transformers route only wraps the running backbone."""
     c = encoder.config
     extras = [name for name, on in (("contextual", c.contextual), ("latent_attention", c.latent_attention)) if on]
-    if fmt == "sentence-transformers" and c.echo:
+    if fmt != "merged" and c.echo:
         extras.append("echo")
     if extras:
         raise ExportError(f"{' and '.join(extras)} cannot be exported to the {fmt} format: it would give other "
                           "vectors than lm2vec (use the lm2vec folder itself, Encoder.from_pretrained or lm2vec serve)")
+    if encoder.compute_mode and not live:
+        raise ExportError(f"the encoder runs in the inference-only compute mode {encoder.compute_mode!r} (rounded "
+                          f"weights): export the model loaded in float32, then load the export with that dtype")
     if c.echo:
         warnings.warn("an Echo encoder: lm2vec reads echo from lm2vec_config.json, but other readers of the merged "
                       f"folder must build the input {c.echo_template!r} and pool the second copy themselves", stacklevel=3)

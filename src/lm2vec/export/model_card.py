@@ -23,6 +23,12 @@ USAGE = {
     "sentence-transformers": "from sentence_transformers import SentenceTransformer\n\n"
     'model = SentenceTransformer("{path}")  # no lm2vec, no remote code\n'
     'vectors = model.encode(["A man plays the guitar."])',
+    "onnx": "from sentence_transformers import SentenceTransformer\n\n"
+    'model = SentenceTransformer("{path}", backend="onnx")  # runs onnx/model.onnx (needs optimum-onnx)\n'
+    'vectors = model.encode(["A man plays the guitar."])',
+    "openvino": "from sentence_transformers import SentenceTransformer\n\n"
+    'model = SentenceTransformer("{path}", backend="openvino")  # runs openvino/ (needs optimum-intel)\n'
+    'vectors = model.encode(["A man plays the guitar."])',
     "merged": "from transformers import AutoModel, AutoTokenizer\n\n"
     'model = AutoModel.from_pretrained("{path}")  # config.json has is_causal: false\n'
     'tokenizer = AutoTokenizer.from_pretrained("{path}")\n'
@@ -193,10 +199,10 @@ def _closing_sections(licence: str) -> list[str]:
 def render_model_card(
     encoder, fmt: str = "lm2vec", path: str = ".", eval_results: dict | None = None, title: str | None = None
 ) -> str:
-    """The card as Markdown; `fmt` picks the usage snippet (lm2vec, sentence-transformers, merged)."""
+    """The card as Markdown; `fmt` picks the usage snippet (lm2vec, sentence-transformers, onnx, openvino, merged)."""
     base, licence = base_model_info(encoder.config.base_model)
     training = encoder.config.training or {}
-    library = {"sentence-transformers": "sentence-transformers", "merged": "transformers"}.get(fmt, "lm2vec")
+    library = {"merged": "transformers", "lm2vec": "lm2vec"}.get(fmt, "sentence-transformers")
     lines = [
         _front_matter(base, licence, library),
         MARKER,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from torch import nn
@@ -66,7 +67,7 @@ def to_sentence_transformer(
     lm2vec puts before a text, so `model.encode_query(texts)` equals `encoder.encode(texts, instruction=...)`.
     A prompt that sentence-transformers would pool differently raises ExportError unless `strict=False`
     (then it warns). Prompts passed ad hoc to `encode(prompt=...)` are not checked."""
-    check_exportable(encoder, "sentence-transformers")  # echo and the extra modules: refused first
+    check_exportable(encoder, "sentence-transformers", live=True)  # echo and the extras: refused first
     named = st_prompts(encoder, prompts, strict)
     return _build(encoder, encoder.model, named, default_prompt_name)
 
@@ -174,9 +175,14 @@ def export_sentence_transformers(
     eval_results: dict | None = None,
     verify: bool = True,
     default_prompt_name: str | None = None,
+    fmt: str = "sentence-transformers",
+    add_graph: Callable[[Path], float | None] | None = None,
 ) -> float | None:
-    """A folder that `SentenceTransformer(output)` loads without lm2vec: weights, Pooling, prompts, card."""
-    check_exportable(encoder, "sentence-transformers")
+    """A folder that `SentenceTransformer(output)` loads without lm2vec: weights, Pooling, prompts, card.
+
+    `add_graph(folder)` writes (and verifies) an engine's graph into the folder before it moves into place
+    (export/graph.py: ONNX, OpenVINO); the lower of the two verified cosines is returned."""
+    check_exportable(encoder, fmt)  # echo, the extra modules, compute modes: refused before any work
     output = Path(output)
     named = st_prompts(encoder, prompts, strict=False)
     with staged(output) as staging:
@@ -185,10 +191,11 @@ def export_sentence_transformers(
         write_engine_flags(staging, model)
         _add_legacy_pooling_keys(staging)
         write_lm2vec_config(encoder, staging)
-        write_model_card(staging, encoder, output, fmt="sentence-transformers", eval_results=eval_results)
+        write_model_card(staging, encoder, output, fmt=fmt, eval_results=eval_results)
         loaded = _load_bidirectional(staging, model.config.model_type)
         worst = verify_sentence_transformers(encoder, loaded) if verify else None
-    return worst
+        graph = add_graph(staging) if add_graph else None
+    return None if worst is None else min(worst, graph if graph is not None else worst)
 
 
 def _add_legacy_pooling_keys(folder: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -23,32 +24,47 @@ logger = logging.getLogger(__name__)
 STATE = "state.json"
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, list]:
+def _same(tensors: dict) -> dict:
+    return tensors
+
+
+def _cpu(tensors: dict) -> dict:
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer, full: Callable = _same) -> tuple[dict, list]:
     """Flatten optimizer state into named tensors plus JSON-able param groups."""
     state = optimizer.state_dict()
-    tensors = {f"{index}.{key}": value.detach().cpu().contiguous()
-               for index, entries in state["state"].items() for key, value in entries.items()}
-    return tensors, state["param_groups"]
+    tensors = full({f"{index}.{key}": value for index, entries in state["state"].items()
+                    for key, value in entries.items()})
+    return _cpu(tensors), state["param_groups"]
 
 
-def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict, groups: list) -> None:
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict, groups: list, like: Callable) -> None:
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # state_dict's numbering
     state: dict[int, dict] = {}
-    for name, value in tensors.items():
+    for name, value in sorted(tensors.items()):  # sorted: every process lays out shards in one order
         index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = value
+        state.setdefault(int(index), {})[key] = like(value, params[int(index)])
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
-def save_checkpoint(directory: Path, step: int, model, optimizer, scheduler, info: dict, extras=None) -> Path:
-    """Write checkpoint `step` atomically under `directory/step-XXXXXXX`; `info` goes into state.json,
-    `extras` (the encoder's extra modules) beside the adapter."""
+def checkpoint_tensors(model, optimizer, full: Callable = _same, extras=None) -> tuple[dict, dict, list]:
+    """(trainable weights, optimizer tensors, param groups) as whole CPU tensors; the weights include the
+    trained ones of `extras` (the encoder's extra modules). `full` gathers shards (FSDP: a collective, so
+    every process calls this; only rank 0 then saves)."""
+    return (_cpu(full(trainable_state(model, extras))), *_optimizer_tensors(optimizer, full))
+
+
+def save_checkpoint(directory: Path, step: int, tensors: tuple[dict, dict, list], scheduler, info: dict) -> Path:
+    """Write checkpoint `step` (the `checkpoint_tensors`) atomically under `directory/step-XXXXXXX`;
+    `info` goes into state.json."""
     target = directory / f"step-{step:07d}"
     staging = staging_dir(target)
+    weights, optimizer_tensors, groups = tensors
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in trainable_state(model, extras).items()},
-                  staging / "adapter.safetensors")
-        tensors, groups = _optimizer_tensors(optimizer)
-        save_file(tensors, staging / "optimizer.safetensors")
+        save_file(weights, staging / "adapter.safetensors")
+        save_file(optimizer_tensors, staging / "optimizer.safetensors")
         state = {"step": step, "param_groups": groups, "scheduler": scheduler.state_dict(), **info, "complete": True}
         (staging / STATE).write_text(json.dumps(state))
         replace_dir(staging, target)
@@ -79,13 +95,17 @@ def latest_checkpoint(directory: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, extras=None) -> dict:
-    """Restore adapter (and extra modules') weights, optimizer and scheduler from `path`; return its state."""
+def load_checkpoint(path: Path, model, optimizer, scheduler, extras=None, like: Callable | None = None) -> dict:
+    """Restore adapter (and extra modules') weights, optimizer and scheduler from `path`; return its state.
+    `like(tensor, reference)` lays a whole saved tensor out as the live one (its shard under FSDP)."""
     if not is_complete(path):
         raise ValueError(f"checkpoint {path} is incomplete or corrupt")
+    like = like or (lambda value, reference: value)
     state = json.loads((path / STATE).read_text())
-    load_trainable_state(model, load_file(path / "adapter.safetensors"), extras)
-    _restore_optimizer(optimizer, load_file(path / "optimizer.safetensors"), state["param_groups"])
+    live = trainable_state(model, extras)
+    weights = load_file(path / "adapter.safetensors")
+    load_trainable_state(model, {k: like(v, live.get(k)) for k, v in sorted(weights.items())}, extras)
+    _restore_optimizer(optimizer, load_file(path / "optimizer.safetensors"), state["param_groups"], like)
     scheduler.load_state_dict(state["scheduler"])
     return state
 
@@ -111,7 +131,7 @@ class BestKeeper:
         """Keep `model`'s adapter (and `extras`') weights if `score` beats the best so far; True if kept."""
         if self.score is not None and score <= self.score:
             return False
-        tensors = {k: v.detach().cpu().contiguous() for k, v in trainable_state(model, extras).items()}
+        tensors = _cpu(trainable_state(model, extras))
         self.directory.mkdir(parents=True, exist_ok=True)
         write_safetensors_atomic(self.directory / "adapter.safetensors", tensors)
         write_json_atomic(self.directory / "best.json", {"step": step, "score": score})

@@ -12,10 +12,13 @@ every chunk's forward runs under a seed of its own, set again for the replay. Th
 (step seed, side, first global row), and each chunk is trimmed to its own longest text: the same rows
 get the same dropout masks whatever the number of processes, so 2 processes x 8 rows train exactly
 what 1 process x 16 rows trains.
+Under DDP / FSDP (training/engine.py) only the last replayed chunk synchronises gradients: the others run
+under `accumulate()`, so a step costs one all-reduce of the summed gradient, not one per chunk.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
@@ -49,16 +52,18 @@ def chunk_seed(step_seed: int, side: int, first_row: int) -> int:
 
 
 def _embed_side(embed: Callable, side: dict, size: int, step_seed: int, index: int, row_offset: int,
-                grad: torch.Tensor | None = None) -> torch.Tensor | None:
+                grad: torch.Tensor | None = None, accumulate: Callable = contextlib.nullcontext,
+                sync_last: bool = False) -> torch.Tensor | None:
     """Without `grad`: embed the side chunk by chunk, no graph. With it: replay each chunk with a graph
-    and back-propagate its rows of `grad`."""
-    parts = []
-    for start, chunk in split_rows(side, size):
+    and back-propagate its rows of `grad`, each under `accumulate()` except the last if `sync_last`."""
+    parts, chunks = [], split_rows(side, size)
+    for k, (start, chunk) in enumerate(chunks):
         torch.manual_seed(chunk_seed(step_seed, index, row_offset + start))
         if grad is None:
             with torch.no_grad():
                 parts.append(embed(chunk))
-        else:
+            continue
+        with contextlib.nullcontext() if sync_last and k == len(chunks) - 1 else accumulate():
             vectors = embed(chunk)
             vectors.backward(grad[start : start + vectors.shape[0]].to(vectors.dtype))
     return torch.cat(parts) if grad is None else None
@@ -66,12 +71,15 @@ def _embed_side(embed: Callable, side: dict, size: int, step_seed: int, index: i
 
 def cached_backward(embed: Callable[[dict], torch.Tensor], sides: Sequence[Side],
                     loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], mini_batch_size: int,
-                    step_seed: int, rank: int = 0) -> torch.Tensor:
+                    step_seed: int, rank: int = 0, accumulate: Callable = contextlib.nullcontext,
+                    sync: bool = True) -> torch.Tensor:
     """Back-propagate `loss_fn` over the embeddings of every side, `mini_batch_size` rows at a time.
 
     `embed(chunk) -> (n, D)` runs the model in train mode; `loss_fn({name: (rows, D)})` may gather
     across processes (its gradient then already covers every rank's loss). Parameter gradients end up
     as one full-batch `loss_fn(...).backward()` would leave them. Returns the loss (detached).
+    `accumulate()`: the engine's context for a backward that must not synchronise (DDP `no_sync`); every
+    replayed chunk runs under it except the very last one when `sync` (the step's last backward).
     """
     offsets = [rank * next(iter(side.values())).shape[0] for _, side in sides]  # global first row per side
     cached = {name: _embed_side(embed, side, mini_batch_size, step_seed, i, offsets[i])
@@ -80,6 +88,7 @@ def cached_backward(embed: Callable[[dict], torch.Tensor], sides: Sequence[Side]
     loss = loss_fn(leaves)
     loss.backward()
     for i, (name, side) in enumerate(sides):
-        _embed_side(embed, side, mini_batch_size, step_seed, i, offsets[i], grad=leaves[name].grad)
+        _embed_side(embed, side, mini_batch_size, step_seed, i, offsets[i], grad=leaves[name].grad,
+                    accumulate=accumulate, sync_last=sync and i == len(sides) - 1)
     return loss.detach()
 

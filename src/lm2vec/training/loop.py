@@ -12,12 +12,14 @@ in `keep_best`'s snapshot, and they are saved with the adapter and the merged en
 
 Reproducibility without saved RNG blobs: the data order and every random draw of step s are derived
 from (seed, s, rank), so a run resumed from the checkpoint of step s replays exactly what an
-uninterrupted run would have done. Launched with `torchrun`, each process takes its slice of every
-global batch; contrastive losses gather embeddings across processes and gradients are averaged.
+uninterrupted run would have done. Launched with `torchrun` or `accelerate launch`, each process takes
+its slice of every global batch; contrastive losses gather embeddings across processes, and DDP or FSDP
+(training/engine.py, the recipe's `distributed`) averages the gradients.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -26,16 +28,17 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from lm2vec.core.distributed import barrier, init_distributed, process_device
-from lm2vec.core.encoder import Encoder, EncoderConfig, checkpoint_errors, default_device, load_saved_config
+from lm2vec.core.encoder import default_device
 from lm2vec.core.extras import save_extras
+from lm2vec.core.loading import hub_kwargs
 from lm2vec.core.models import resolve_model_path
 from lm2vec.core.soft_bidirectional import annealed_weight, set_future_weight
 from lm2vec.training import checkpoint as ckpt
 from lm2vec.training.dev_eval import DevEvaluator
+from lm2vec.training.engine import make_engine
 from lm2vec.training.gradcache import cached_backward
 from lm2vec.training.lora import (
     attach_lora,
@@ -50,23 +53,12 @@ from lm2vec.training.order import batch_indices, step_generator, step_seed
 from lm2vec.training.plots import plot_loss_curve
 from lm2vec.training.precision import autocast_context, base_dtype, resolve_precision
 from lm2vec.training.recipe import Recipe, StageConfig, dump_recipe
+from lm2vec.training.stage_model import load_float32_base, load_stage_encoder, model_kwargs_for
 
 logger = logging.getLogger(__name__)
 DONE = "DONE"
 # peft still calls a transformers property renamed in 5.x; the warning says nothing to our users.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-
-
-# ---- processes --------------------------------------------------------------------------------
-def average_gradients(params: list[torch.Tensor], world: int) -> None:
-    """What DDP does: every process ends the step with the mean gradient over processes."""
-    if world == 1:
-        return
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad)
-        p.grad /= world
 
 
 # ---- schedule -------------------------------------------------------------------------------------
@@ -79,48 +71,6 @@ def linear_schedule(optimizer, warmup: int, total: int) -> torch.optim.lr_schedu
         return max(0.0, (total - step) / max(1, total - warmup))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-# ---- model per stage ------------------------------------------------------------------------------
-def load_stage_encoder(model_path: str, stage: StageConfig, recipe: Recipe, device: str,
-                       dtype: torch.dtype = torch.float32, weights: str | None = None):
-    """Encoder on the stage's starting weights (+ the frozen LM head for MNTP), base weights in `dtype`.
-    `weights`: load the model's weights from there instead (the recipe's base, for stacked adapters);
-    the tokenizer and the training history still come from `model_path`."""
-    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
-
-    path = resolve_model_path(model_path)
-    weights_path = resolve_model_path(weights) if weights else path
-    lm_head = None
-    with checkpoint_errors(weights_path):
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        if stage.objective == "mntp":
-            full, info = AutoModelForCausalLM.from_pretrained(weights_path, dtype=dtype, output_loading_info=True)
-            backbone, lm_head = full.base_model, full.get_output_embeddings()
-            _restore_untied_head(lm_head, info["missing_keys"], recipe.model, dtype)
-            lm_head.requires_grad_(False)
-        else:
-            backbone = AutoModel.from_pretrained(weights_path, dtype=dtype)
-    history = load_saved_config(path).training  # earlier stages, when starting from one of our encoders
-    config = EncoderConfig(pooling=recipe.pooling, bidirectional=recipe.bidirectional, max_length=stage.max_length,
-                           base_model=recipe.model, training=dict(history), **recipe.encoder)
-    encoder = Encoder(backbone.to(device), tokenizer, config, folder=path)  # extra modules as the last stage left them
-    if lm_head is not None:
-        lm_head.to(device)
-    return encoder, lm_head
-
-
-def _restore_untied_head(lm_head: torch.nn.Module, missing: list[str], base: str, dtype: torch.dtype) -> None:
-    """An lm2vec stage saves the backbone only; a model with an untied LM head (one not shared with the
-    input embeddings) then loads a freshly initialised head. No stage trains the head, so the recipe's
-    base model holds the right one: copy it in."""
-    if not any("lm_head" in key for key in missing):
-        return
-    from transformers import AutoModelForCausalLM
-
-    original = AutoModelForCausalLM.from_pretrained(resolve_model_path(base), dtype=dtype).get_output_embeddings()
-    lm_head.load_state_dict(original.state_dict())
-    logger.info("MNTP: LM head taken from %s (the previous stage saved the backbone only)", base)
 
 
 # ---- the loop ------------------------------------------------------------------------------------
@@ -139,14 +89,18 @@ class StageRunner:
         self.full = stage.finetune == "full"
         if self.full and self.precision == "bf16":  # weights that train stay float32: bf16 comes from autocast
             self.precision = "bf16-autocast"
-        self.stacked = list(earlier_adapters or []) if base_dtype(self.precision) != torch.float32 else []
+        self.engine = make_engine(recipe.distributed, self.world)
+        # float32 and unquantised: the adapter merges into these very weights; otherwise it is merged
+        # into a float32 reload, and a later stage stacks this one's adapter rather than its merged weights
+        self.exact_base = base_dtype(self.precision) == torch.float32 and recipe.quantization is None
+        self.stacked = [] if self.exact_base else list(earlier_adapters or [])
         self.order_cache: dict = {}
         self.best = ckpt.BestKeeper(out_dir / "best")
 
     def setup(self) -> None:
         stage = self.stage
         self.encoder, lm_head = load_stage_encoder(self.model_path, stage, self.recipe, self.device,
-                                                   base_dtype(self.precision),
+                                                   base_dtype(self.precision), place=not self.engine.sharded,
                                                    weights=self.recipe.model if self.stacked else None)
         self.task = OBJECTIVES[stage.objective](stage, self.encoder, lm_head)
         self.examples = self.task.load_examples()
@@ -161,14 +115,18 @@ class StageRunner:
             stack_frozen_adapters(self.peft, self.stacked)
         if stage.gradient_checkpointing:
             self.encoder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # the module the Encoder calls (peft injected LoRA into it); before the optimiser: FSDP swaps in shards
+        self.engine.wrap(self.encoder.model, torch.device(self.device))
         self.extras = self.encoder.extras  # latent attention, contextual token: trained beside LoRA, in float32
-        self.params = trainable_parameters(self.peft) + trainable_parameters(self.extras)
+        self.extra_params = trainable_parameters(self.extras)  # outside the wrapped model: averaged by hand
+        self.params = trainable_parameters(self.peft) + self.extra_params
         self.optimizer = torch.optim.AdamW(self.params, lr=stage.lr, weight_decay=stage.weight_decay)
         self.scheduler = linear_schedule(self.optimizer, stage.warmup_steps, stage.max_steps)
         # fp16 gradients underflow without loss scaling; every other precision runs it disabled (a no-op)
         self.scaler = torch.amp.GradScaler(self.encoder.device.type, enabled=self.precision == "fp16")
         self.dev = DevEvaluator(self.encoder, stage.eval_data, stage.eval_limit, stage.eval_instruction,
-                                max_length=self.recipe.max_length) if stage.eval_every and self.rank == 0 else None
+                                max_length=self.recipe.max_length, inference_mode=not self.engine.sharded,
+                                ) if stage.eval_every and self._participates() else None
         self.peft.train()
 
     def _start_step(self) -> int:
@@ -178,7 +136,8 @@ class StageRunner:
             _truncate_log(self.out_dir / "log.jsonl", -1)
             self.best.clear()
             return 0
-        state = ckpt.load_checkpoint(latest, self.peft, self.optimizer, self.scheduler, self.extras)
+        state = ckpt.load_checkpoint(latest, self.peft, self.optimizer, self.scheduler, self.extras,
+                                     like=self.engine.like)
         _truncate_log(self.out_dir / "log.jsonl", state["step"])
         self.best.forget_after(state["step"])
         logger.warning("resuming stage %s from %s", self.stage.name, latest)
@@ -199,16 +158,11 @@ class StageRunner:
                                     self.lengths, self.order_cache)
             batch = self.task.collate([self.examples[i] for i in indices], generator)
             tokens, padded = tokens + _count_tokens(batch), padded + _count_tokens(batch, padded=True)
-            with autocast_context(self.precision, self.encoder.device, self.peft, stage.max_length):
-                if stage.mini_batch_size:  # GradCache: the whole batch's negatives, a mini-batch's memory
-                    loss = cached_backward(self.encoder.embed, self.task.embedding_sides(batch),
-                                           lambda e, b=batch: self.scaler.scale(self.task.loss_from_embeddings(e, b)),
-                                           stage.mini_batch_size, step_seed(stage, step), self.rank)
-                else:
-                    loss = self.scaler.scale(self.task.loss(batch) / stage.grad_accum)
-                    loss.backward()
+            with (autocast_context(self.precision, self.encoder.device, self.peft, stage.max_length),
+                  self.engine.forwarding(self.encoder)):
+                loss = self._backward(batch, step, last=micro == stage.grad_accum - 1)
             total += loss.item() / self.scaler.get_scale() if self.scaler.is_enabled() else loss.item()
-        average_gradients(self.params, self.world)
+        self.engine.average(self.extra_params)  # the engine averages the wrapped model's gradients only
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.scaler.step(self.optimizer)  # skips the step if fp16 gradients overflowed
@@ -216,6 +170,24 @@ class StageRunner:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return total, tokens, padded
+
+    def _backward(self, batch: dict, step: int, last: bool) -> torch.Tensor:
+        """Forward and backward of one micro-batch. Only the step's last backward synchronises gradients
+        across processes (the engine averages the sum of all of them); returns the scaled loss."""
+        stage = self.stage
+        if stage.mini_batch_size:  # GradCache: the whole batch's negatives, a mini-batch's memory
+            return cached_backward(self.encoder.embed, self.task.embedding_sides(batch),
+                                   lambda e: self.scaler.scale(self.task.loss_from_embeddings(e, batch)),
+                                   stage.mini_batch_size, step_seed(stage, step), self.rank,
+                                   accumulate=self.engine.accumulating, sync=last)
+        with contextlib.nullcontext() if last else self.engine.accumulating():
+            loss = self.scaler.scale(self.task.loss(batch) / stage.grad_accum)
+            loss.backward()
+        return loss
+
+    def _participates(self) -> bool:
+        """Dev evaluation runs on rank 0, or on every process when the weights are sharded (FSDP)."""
+        return self.rank == 0 or self.engine.sharded
 
     def run(self) -> Path:
         self.setup()
@@ -261,14 +233,16 @@ class StageRunner:
         result = {"dev_spearman": score, "eval_time": time.perf_counter() - began}
         if self.stage.keep_best and self.best.offer(step, score, self.peft, self.extras):
             result["best"] = True
-        tqdm.write(f"{self.stage.name} step {step}: dev Spearman {100 * score:.2f}")
+        if self.rank == 0:
+            tqdm.write(f"{self.stage.name} step {step}: dev Spearman {100 * score:.2f}")
         return result
 
     def _checkpoint(self, step: int) -> None:
+        tensors = (ckpt.checkpoint_tensors(self.peft, self.optimizer, self.engine.full, self.extras)
+                   if self._participates() else None)
         if self.rank == 0:
             directory = self.out_dir / "checkpoints"
-            ckpt.save_checkpoint(directory, step, self.peft, self.optimizer, self.scheduler, {"stage": self.stage.name},
-                                 self.extras)
+            ckpt.save_checkpoint(directory, step, tensors, self.scheduler, {"stage": self.stage.name})
             ckpt.prune_checkpoints(directory, self.stage.keep_checkpoints)
         barrier(self.world)
 
@@ -279,6 +253,7 @@ class StageRunner:
 
     def finish(self) -> Path:
         """Save the adapter and the merged float32 encoder (rank 0), the curves, and a DONE marker."""
+        trained = self._gathered_weights()
         if self.rank == 0:
             if self.stage.keep_best and self.best.step is not None:
                 self.best.restore(self.peft, self.extras)
@@ -289,8 +264,8 @@ class StageRunner:
             self.peft.eval()
             self.encoder.config.max_length = self.recipe.max_length
             self.encoder.config.training = {**self.encoder.config.training, self.stage.name: self._stage_record()}
-            self._save_adapter()
-            self.encoder.model = self._merged_float32()
+            self._save_adapter(trained)
+            self.encoder.model = self._merged_float32(trained)
             self.encoder.save_pretrained(self.final_dir)
             plot_loss_curve(self.out_dir / "log.jsonl", self.out_dir / "loss.png", title=self.stage.name)
             (self.out_dir / DONE).write_text(str(self.final_dir))
@@ -303,33 +278,45 @@ class StageRunner:
             record["best_step"], record["best_dev_spearman"] = self.best.step, self.best.score
         return record
 
-    def _merged_float32(self) -> torch.nn.Module:
-        """The adapter folded into float32 base weights. A bf16-trained adapter is merged into the
-        float32 weights it started from (reloaded), never into their bf16 copy."""
-        if self.full:
-            return self.peft  # trained in place, in float32
-        if base_dtype(self.precision) == torch.float32:
-            return merge_lora(self.peft)
-        from transformers import AutoModel
+    def _gathered_weights(self) -> dict | None:
+        """Under FSDP the trained weights as whole tensors by parameter name (a collective); else None."""
+        if not self.engine.sharded:
+            return None
+        return self.engine.full({name: p.detach() for name, p in self.peft.named_parameters() if p.requires_grad})
 
+    def _merged_float32(self, trained: dict | None = None) -> torch.nn.Module:
+        """The adapter folded into float32 base weights. A bf16- or 4-bit-trained adapter is merged into
+        the float32 weights it started from (reloaded), never into their rounded copy; so is a sharded
+        (FSDP) one, whose whole weights only exist as `trained`."""
+        if trained is None and self.full:
+            return self.peft  # trained in place, in float32
+        if trained is None and self.exact_base:
+            return merge_lora(self.peft)
         from lm2vec.core.adapters import load_adapter
 
-        base = AutoModel.from_pretrained(resolve_model_path(self.model_path), dtype=torch.float32)
-        merged = load_adapter(base, self.out_dir / "adapter", merge=True)
+        base = load_float32_base(self.recipe, self.model_path)
+        if self.full:
+            base.load_state_dict(trained, strict=False)  # FSDP keeps the plain model's parameter names
+            merged = base
+        else:
+            merged = load_adapter(base, self.out_dir / "adapter", merge=True)
         if hasattr(self.encoder.model.config, "is_causal"):  # saved as the fp32 path saves it
             merged.config.is_causal = self.encoder.model.config.is_causal
-        return merged.to(self.device).eval()
+        return merged.to("cpu" if self.engine.sharded else self.device).eval()
 
-    def _save_adapter(self) -> None:
+    def _save_adapter(self, trained: dict | None = None) -> None:
         """Adapter dir loadable by Encoder.from_pretrained: LoRA weights + lm2vec config naming its base.
         A fully fine-tuned stage has no adapter: its saved encoder is the result."""
         if self.full:
             return
         adapter_dir = self.out_dir / "adapter"
-        self.peft.save_pretrained(adapter_dir, selected_adapters=["default"])  # not the stacked earlier ones
+        # not the stacked earlier adapters; under FSDP from the gathered whole tensors
+        self.peft.save_pretrained(adapter_dir, selected_adapters=["default"], state_dict=trained)
         self.encoder.tokenizer.save_pretrained(adapter_dir)
         save_extras(self.extras, adapter_dir)
-        config = {**asdict(self.encoder.config), "base_model": str(Path(resolve_model_path(self.model_path)).resolve())}
+        base = resolve_model_path(self.model_path, **hub_kwargs(model_kwargs_for(self.recipe, self.model_path)))
+        base = str(Path(base).resolve()) if Path(base).is_dir() else base  # a hub id stays one
+        config = {**asdict(self.encoder.config), "base_model": base}
         (adapter_dir / "lm2vec_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 

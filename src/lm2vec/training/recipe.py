@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from lm2vec.core.loading import QUANTIZATIONS, check_model_kwargs, redacted
 from lm2vec.core.pooling import check_pooling_mode
 
 OBJECTIVE_NAMES = ("mntp", "simcse", "supervised")  # their classes: training/objectives OBJECTIVES
@@ -24,6 +25,9 @@ OBJECTIVE_NAMES = ("mntp", "simcse", "supervised")  # their classes: training/ob
 # bf16: frozen base weights stored in bf16 (no per-op casts); LoRA weights, loss and optimiser in float32.
 # bf16-autocast / fp16: float32 weights under torch.autocast. no / fp32: float32 throughout.
 PRECISIONS = ("auto", "no", "fp32", "bf16", "bf16-autocast", "fp16")
+# ddp: every process holds the whole model, gradients all-reduced (DistributedDataParallel);
+# fsdp: parameters, gradients and optimiser states sharded over processes (FSDP2 fully_shard).
+DISTRIBUTED = ("ddp", "fsdp")
 
 # Per-objective defaults of llm2vec's code (experiments/run_simcse.py, run_supervised.py): SimCSE sets
 # attention dropout 0.3 (simcse_dropout) and loss_scale 20; supervised keeps the model's dropout (0 for
@@ -186,6 +190,10 @@ class Recipe:
     # further EncoderConfig settings of every stage's encoder, e.g. {echo: true}, {latent_attention: true},
     # {contextual: all-minilm-l6-v2}: their trainable modules train with LoRA in the contrastive stages
     encoder: dict = field(default_factory=dict)
+    # from_pretrained keyword arguments for every load of the model (attn_implementation, revision, token, ...)
+    model_kwargs: dict = field(default_factory=dict)
+    quantization: str | None = None  # 8bit | 4bit: frozen base through bitsandbytes (QLoRA); LoRA stays float32
+    distributed: str = "ddp"  # ddp | fsdp, under torchrun / accelerate launch (one process: neither)
 
     def __post_init__(self) -> None:
         _check(isinstance(self.stages, list) and self.stages, "a recipe needs a non-empty list of stages")
@@ -198,6 +206,7 @@ class Recipe:
         _check(self.bidirectional or not annealed,
                f"stage {annealed[0] if annealed else ''!r}: bidirectional_anneal_steps needs bidirectional: true")
         self._check_encoder()
+        self._check_loading()
 
     def _check_encoder(self) -> None:
         """`encoder:` holds EncoderConfig settings other than the recipe's own keys, valid together."""
@@ -215,6 +224,30 @@ class Recipe:
         mntp = [s.name for s in self.stages if s.objective == "mntp"]
         _check(not (self.encoder.get("contextual") and mntp), f"stage {mntp[0] if mntp else ''!r}: a contextual "
                "token trains with a contrastive objective (simcse, supervised); MNTP does not support it")
+
+    def _check_loading(self) -> None:
+        """model_kwargs, quantization and the multi-process engine, and what they cannot be combined with."""
+        try:
+            self.model_kwargs = check_model_kwargs(self.model_kwargs, "model_kwargs")
+        except ValueError as error:
+            raise RecipeError(str(error)) from None
+        for key, instead in (("dtype", "each stage's precision"), ("torch_dtype", "each stage's precision"),
+                             ("quantization_config", "the recipe's quantization: 8bit | 4bit")):
+            _check(key not in self.model_kwargs, f"model_kwargs: {key} is set by {instead}; remove it")
+        _check(self.quantization in (None, *QUANTIZATIONS),
+               f"quantization must be one of {QUANTIZATIONS} or null, got {self.quantization!r}")
+        _check(self.distributed in DISTRIBUTED, f"distributed must be one of {DISTRIBUTED}, got {self.distributed!r}")
+        _check(not (self.quantization and any(s.finetune == "full" for s in self.stages)),
+               "finetune: full trains every weight, which 8-bit / 4-bit weights cannot; use LoRA with quantization")
+        if self.distributed == "fsdp":
+            _check(self.quantization is None, "distributed: fsdp does not shard bitsandbytes weights; use ddp")
+            extras = [k for k in ("latent_attention", "contextual") if self.encoder.get(k)]
+            _check(not extras, f"distributed: fsdp shards the backbone only, not the encoder's extra modules "
+                   f"({', '.join(extras)}); train them with distributed: ddp")
+            for stage in self.stages:
+                _check(not stage.keep_best, f"stage {stage.name!r}: keep_best is not supported with distributed: fsdp")
+                _check(stage.precision != "fp16", f"stage {stage.name!r}: precision fp16 needs a gradient scaler "
+                       "FSDP does not share; use bf16 with distributed: fsdp")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -242,7 +275,8 @@ def _type_ok(value: Any, hint: Any) -> bool:
 
 
 def _describe(hint: Any) -> str:
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null",
+             dict: "a mapping"}
     if typing.get_origin(hint) in (types.UnionType, typing.Union):
         return " or ".join(_describe(arg) for arg in typing.get_args(hint))
     if typing.get_origin(hint) is list:
@@ -347,5 +381,6 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
 
 
 def dump_recipe(recipe: Recipe, path: str | Path) -> None:
-    """Write the resolved recipe next to the outputs, so a run can be reproduced exactly."""
-    Path(path).write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    """Write the resolved recipe next to the outputs, so a run can be reproduced exactly (hub token left out)."""
+    data = {**recipe.to_dict(), "model_kwargs": redacted(recipe.model_kwargs)}
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
