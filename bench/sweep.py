@@ -100,6 +100,7 @@ VARIANTS = {  # name -> (bidirectional, pooling, [stage settings in order])
         # the quality benchmark on that MNTP (bench/quality.py trains the same specs, so it reuses these)
         "bi + MNTP 300 + SimCSE 300": (True, "mean", [MNTP_300, SIMCSE_300]),
         "causal + SimCSE 300": (False, "mean", [SIMCSE_300]),
+        "bi + SimCSE 300 (no MNTP)": (True, "mean", [SIMCSE_300]),
         "bi + MNTP 300": (True, "mean", [MNTP_300]),
         "bi + MNTP 300 + supervised (SNLI)": (True, "mean", [MNTP_300, SUPERVISED]),
         "bi + MNTP 300 + supervised (SNLI), no instructions": (True, "mean", [MNTP_300, _with(SUPERVISED,
