@@ -192,7 +192,7 @@ def compare_precisions(args) -> None:
             print(objective, first.get("error", ""), second.get("error", ""))
         rows.append(row)
     date = datetime.date.today().isoformat()
-    tag = "" if args.lora_dropout == 0.05 else f"-lora-dropout-{args.lora_dropout:g}"
+    tag = f"-{args.batch_size}x{args.seq_len}" + ("" if args.lora_dropout == 0.05 else f"-lora-dropout-{args.lora_dropout:g}")
     out = HERE / "results" / f"train-precision-{args.model}{tag}-{date}.json"
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "worker"}
     cpu_flags = [f for f in ("avx512_bf16", "amx_bf16") if f in Path("/proc/cpuinfo").read_text()]
