@@ -71,14 +71,17 @@ def variant_specs(stages: dict) -> dict[str, tuple]:
     m, s, u = stages["mntp"], stages["simcse"], stages["supervised"]
     return {"mntp": (True, "mean", [m]), "simcse": (True, "mean", [m, s]), "supervised": (True, "mean", [m, u]),
             "supervised_plain": (True, "mean", [m, {**u, "use_instructions": False}]),
-            "uni_simcse": (False, "mean", [s]), "bi_simcse": (True, "mean", [s])}
+            "uni_simcse": (False, "mean", [s]), "bi_simcse": (True, "mean", [s]),
+            # soft causal-to-bidirectional attention over SimCSE's first half (core/soft_bidirectional.py)
+            "annealed_simcse": (True, "mean", [{**s, "bidirectional_anneal_steps": s["max_steps"] // 2}])}
 
 
 TRAINED_ROWS = {"mntp": "bi + MNTP", "simcse": "bi + MNTP + SimCSE (LLM2Vec unsup.)",
                 "supervised": "bi + MNTP + supervised (SNLI)",
                 "supervised_plain": "bi + MNTP + supervised (SNLI, trained without instructions)",
                 "uni_simcse": "Uni + SimCSE (causal, no MNTP)",
-                "bi_simcse": "bi + SimCSE (no MNTP)"}
+                "bi_simcse": "bi + SimCSE (no MNTP)",
+                "annealed_simcse": "bi + SimCSE, attention annealed from causal (no MNTP)"}
 
 
 def train_variants(args, profile: dict) -> dict[str, dict]:
