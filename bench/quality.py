@@ -97,12 +97,18 @@ def train_variants(args, profile: dict) -> dict[str, dict]:
     for key, spec in variant_specs(profile["stages"]).items():
         if args.variants and key not in args.variants:
             continue
-        if args.rows and not any(TRAINED_ROWS[key].startswith(prefix) for prefix in args.rows):
+        if args.rows and not any(row_matches(TRAINED_ROWS[key], prefix, TRAINED_ROWS.values()) for prefix in args.rows):
             continue  # its row is not asked for: no need to train it
         # encoders trained elsewhere (bench/gpu_quality.sh) come without curves or minutes here
         trained[key] = {"encoder": given[key], "curve": [], "minutes": 0.0} if key in given else \
             sweep.run_variant(key, spec, sweep_args)
     return trained
+
+
+def row_matches(name: str, asked: str, names) -> bool:
+    """A row asked for by its whole name, or by the start of its name when no row has that whole name
+    ("bi + MNTP" is a row of its own, not every row that starts with it)."""
+    return name == asked if asked in names else name.startswith(asked)
 
 
 def minilm_dir() -> str | None:
@@ -223,8 +229,8 @@ def main() -> None:
     table = {}
     done_file = work / ("table-sts.json" if args.sts_only else "table.json")  # finished variants are skipped
     rows = variants(args.model, trained)
-    if args.rows:  # a subset, in the order given (each name: a unique prefix of a row's name)
-        rows = {name: rows[name] for prefix in args.rows for name in rows if name.startswith(prefix)}
+    if args.rows:  # a subset, in the order given
+        rows = {name: rows[name] for prefix in args.rows for name in rows if row_matches(name, prefix, rows)}
     for name, settings in rows.items():
         evaluation = {k: v for k, v in profile.items() if k != "stages"}  # a row's scores do not depend on
         key = json.dumps([name, settings, evaluation, args.sts_only], sort_keys=True, default=str)  # others' training

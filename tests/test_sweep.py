@@ -41,3 +41,15 @@ def test_sweep_smoke_profile_writes_table_curves_and_plot(tmp_path):
     assert "| causal + SimCSE |" in report.with_suffix(".md").read_text()
     again = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert again.returncode == 0 and json.loads(report.read_text())["variants"] == variants  # resumed, not retrained
+
+
+def test_quality_rows_are_asked_for_by_whole_name_or_by_the_start_of_one():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import quality
+
+    names = list(quality.TRAINED_ROWS.values())
+    picked = lambda asked: [n for n in names if quality.row_matches(n, asked, names)]  # noqa: E731
+    assert picked("bi + MNTP") == ["bi + MNTP"]  # a whole name: not every row that starts with it
+    assert picked("bi + MNTP + supervised (SNLI)") == ["bi + MNTP + supervised (SNLI)"]
+    assert picked("bi + MNTP + supervised (SNLI, trained") == [quality.TRAINED_ROWS["supervised_plain"]]
+    assert picked("bi + SimCSE") == [quality.TRAINED_ROWS["bi_simcse"], quality.TRAINED_ROWS["annealed_simcse"]]
