@@ -123,7 +123,7 @@ def test_bad_recipe_values_name_the_stage_and_the_key(capsys, tmp_path):
     assert status == 2 and output.strip().count("\n") == 0, output  # one line, not PyYAML's report
     assert "broken.yaml is not valid YAML at line 2" in output, output
     status, output = lm2vec(capsys, "train", "no-such-recipe", "-o", str(tmp_path / "run"))
-    assert status == 2 and "built-in: demo, llm2vec-supervised, llm2vec-unsupervised, uni-simcse" in output, output
+    assert status == 2 and "built-in: annealed-simcse, demo, llm2vec-supervised, llm2vec-unsupervised, uni-simcse" in output, output
 
 
 def test_a_truncated_weights_file_is_named_and_exits_1(capsys, model, tmp_path):

@@ -273,7 +273,7 @@ def test_keep_best_ends_with_the_weights_of_the_best_dev_step(model_dir, corpus,
         StageConfig(objective="mntp", data="x", keep_best=True)
 
 
-@pytest.mark.parametrize("name", ["demo", "llm2vec-supervised", "llm2vec-unsupervised", "uni-simcse"])
+@pytest.mark.parametrize("name", ["annealed-simcse", "demo", "llm2vec-supervised", "llm2vec-unsupervised", "uni-simcse"])
 def test_shipped_recipes_validate_and_load_by_name(name):
     recipe = load_recipe(name)
     assert recipe.stages and all(stage.max_steps >= 1 for stage in recipe.stages)
@@ -281,7 +281,7 @@ def test_shipped_recipes_validate_and_load_by_name(name):
 
 
 def test_unknown_recipe_names_the_built_in_ones(tmp_path):
-    with pytest.raises(RecipeError, match="recipe not found: nope.*built-in: demo, llm2vec-supervised"):
+    with pytest.raises(RecipeError, match="recipe not found: nope.*built-in: annealed-simcse, demo, llm2vec-supervised"):
         load_recipe("nope")
     with pytest.raises(RecipeError, match="recipe not found"):
         load_recipe(tmp_path / "llm2vec-unsupervised.yaml")  # a path elsewhere is never swapped for a built-in

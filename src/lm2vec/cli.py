@@ -166,7 +166,7 @@ def _encode_on_ray(model: str, load: dict, texts: list, output: Path, shard_size
 def train(
     ctx: typer.Context,
     recipe: str = typer.Argument(..., help="YAML recipe file, or a built-in recipe: llm2vec-unsupervised, "
-                                 "llm2vec-supervised, uni-simcse, demo"),
+                                 "llm2vec-supervised, annealed-simcse, uni-simcse, demo"),
     model: str = typer.Option(None, "--model", "-m", help="override the recipe's model"),
     output: Path = typer.Option(Path("runs/latest"), "--output", "-o", help="run directory"),
     resume: bool = typer.Option(False, help="continue from the last complete checkpoint in OUTPUT"),
