@@ -46,13 +46,16 @@ NO_SHIFT = " (no shift)"  # suffix of MNTP-trained rows' probes read at token i 
 TINY = dict(max_steps=2, batch_size=4, max_length=32, lr=1e-4, warmup_steps=0, eval_every=1)
 PROFILES = {  # stage settings, and how much of each evaluation split is used
     "smoke": dict(stages=dict(mntp=sweep._with(sweep.MNTP, **TINY), simcse=sweep._with(sweep.SIMCSE, **TINY),
-                              supervised=sweep._with(sweep.SUPERVISED, **TINY)),
+                              supervised=sweep._with(sweep.SUPERVISED, **TINY),
+                              annealed=sweep._with(sweep.SIMCSE, **TINY, bidirectional_anneal_steps=1)),
                   eval_limit=40, n_experiments=1, probe_train=60, probe_test=60, batch_size=32),
     # CPU: the settings bench/sweep.py chose on STS Benchmark dev (see sweep.py for where each comes from).
     # 2026-12-03: MNTP 300 steps (dev after SimCSE 150: 73.1 vs 63.5-68.8 after MNTP 100) and SimCSE 300
     # steps (more of the 60-minute budget; sweep-cpu-2026-12-03). quality-cpu-2026-12-02 trained MNTP 100 +
     # SimCSE 60, quality-cpu-simcse150-* SimCSE 150.
-    "cpu": dict(stages=dict(mntp=sweep.MNTP_300, simcse=sweep.SIMCSE_300, supervised=sweep.SUPERVISED),
+    # The annealed row is the annealed-simcse recipe: SimCSE 150, future tokens weighted up over steps 0-75.
+    "cpu": dict(stages=dict(mntp=sweep.MNTP_300, simcse=sweep.SIMCSE_300, supervised=sweep.SUPERVISED,
+                            annealed=sweep._with(sweep.SIMCSE_LONG, bidirectional_anneal_steps=75)),
                 eval_limit=400, n_experiments=3, probe_train=800, probe_test=600, batch_size=64),
     # GPU: the paper's budget (1000 steps per stage, SimCSE batch 128), see bench/gpu_quality.sh.
     "gpu": dict(stages=dict(
@@ -72,8 +75,9 @@ def variant_specs(stages: dict) -> dict[str, tuple]:
     return {"mntp": (True, "mean", [m]), "simcse": (True, "mean", [m, s]), "supervised": (True, "mean", [m, u]),
             "supervised_plain": (True, "mean", [m, {**u, "use_instructions": False}]),
             "uni_simcse": (False, "mean", [s]), "bi_simcse": (True, "mean", [s]),
-            # soft causal-to-bidirectional attention over SimCSE's first half (core/soft_bidirectional.py)
-            "annealed_simcse": (True, "mean", [{**s, "bidirectional_anneal_steps": s["max_steps"] // 2}])}
+            # soft causal-to-bidirectional attention (core/soft_bidirectional.py); by default over SimCSE's first half
+            "annealed_simcse": (True, "mean", [stages.get("annealed")
+                                               or {**s, "bidirectional_anneal_steps": s["max_steps"] // 2}])}
 
 
 TRAINED_ROWS = {"mntp": "bi + MNTP", "simcse": "bi + MNTP + SimCSE (LLM2Vec unsup.)",
@@ -194,7 +198,8 @@ def markdown(table: dict[str, dict], columns: list[str]) -> str:
              "|---" * (len(columns) + 3) + "|"]
     for name, scores in table.items():
         cells = ["n/a" if scores.get(c) is None else f"{scores[c]:.1f}" for c in columns + averages]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        source = f" (carried from {scores['carried_from']})" if scores.get("carried_from") else ""
+        lines.append(f"| {name}{source} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -213,6 +218,8 @@ def main() -> None:
     parser.add_argument("--encoders", nargs="*", metavar="KEY=DIR", help="use these trained encoders, e.g. simcse=DIR")
     parser.add_argument("--rows", nargs="*", metavar="PREFIX", help="evaluate only these rows, in this order")
     parser.add_argument("--tag", default="", help="added to the results' file names (e.g. gpu-h200)")
+    parser.add_argument("--carry", type=Path, metavar="JSON", help="an earlier quality-*.json of this profile: its "
+                        "untrained baselines fill the rows this run did not evaluate (marked with their source)")
     parser.add_argument("--threads", type=int, help="torch threads for training and evaluation (default: torch's); "
                         "the same value as a sweep's --threads reuses its trained encoders")
     args = parser.parse_args()
@@ -245,7 +252,26 @@ def main() -> None:
         table[name] = {**done[key], **sts_averages(done[key])}
         print(f"{name}: STS avg {table[name]['STS avg']:.2f}, without instructions "
               f"{table[name]['STS avg' + NO_INSTRUCTION]:.2f}", flush=True)
+    table.update(carried_rows(args, table))
     report(args, profile, trained, table, train_minutes, time.time() - started)
+
+
+UNTRAINED_ROWS = ("causal + mean (uni)", "causal + last token (uni)", "bidirectional, no training")
+
+
+def carried_rows(args, table: dict) -> dict[str, dict]:
+    """Untrained baselines not evaluated in this run, from an earlier result of the same profile (--carry):
+    their scores depend only on the base model and the evaluation, so re-running them buys nothing on a
+    tight CPU budget. Each carried row names its source file; trained rows are never carried."""
+    if not args.carry:
+        return {}
+    earlier = json.loads(args.carry.read_text())
+    if earlier.get("profile") != args.profile:
+        raise SystemExit(f"--carry {args.carry}: profile {earlier.get('profile')!r}, this run {args.profile!r}")
+    keep = STS + [t + NO_INSTRUCTION for t in STS] + ([] if args.sts_only else OTHER + PROBES)
+    return {name: {**{t: earlier["scores"][name].get(t) for t in keep}, **sts_averages(earlier["scores"][name]),
+                   "carried_from": args.carry.name}
+            for name in UNTRAINED_ROWS if name not in table and name in earlier["scores"]}
 
 
 def settings_line(profile: dict) -> str:

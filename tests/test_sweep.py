@@ -53,3 +53,24 @@ def test_quality_rows_are_asked_for_by_whole_name_or_by_the_start_of_one():
     assert picked("bi + MNTP + supervised (SNLI)") == ["bi + MNTP + supervised (SNLI)"]
     assert picked("bi + MNTP + supervised (SNLI, trained") == [quality.TRAINED_ROWS["supervised_plain"]]
     assert picked("bi + SimCSE") == [quality.TRAINED_ROWS["bi_simcse"], quality.TRAINED_ROWS["annealed_simcse"]]
+
+
+def test_quality_carries_only_untrained_rows_from_an_earlier_result_of_the_same_profile(tmp_path):
+    import argparse
+
+    import pytest
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import quality
+
+    row = {t: 40.0 for t in quality.STS} | {t + quality.NO_INSTRUCTION: 50.0 for t in quality.STS}
+    earlier = tmp_path / "quality-cpu-2026-12-02.json"
+    earlier.write_text(json.dumps({"profile": "cpu", "scores": {
+        "bidirectional, no training": row, "causal + mean (uni)": row, quality.TRAINED_ROWS["simcse"]: row}}))
+    args = argparse.Namespace(carry=earlier, profile="cpu", sts_only=True)
+    carried = quality.carried_rows(args, {"causal + mean (uni)": {"STS avg": 1.0}})
+    assert list(carried) == ["bidirectional, no training"]  # evaluated rows and trained rows are never carried
+    assert carried["bidirectional, no training"]["STS avg"] == 40.0
+    assert carried["bidirectional, no training"]["carried_from"] == earlier.name
+    with pytest.raises(SystemExit, match="profile"):
+        quality.carried_rows(argparse.Namespace(carry=earlier, profile="gpu", sts_only=True), {})
