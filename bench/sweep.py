@@ -289,7 +289,8 @@ def plot(results: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for name, r in results.items():
         ax.plot([p["minutes"] for p in r["curve"]], [p["dev"] for p in r["curve"]], "o-", markersize=3, label=name)
-    ax.set_xlabel("training minutes (2 CPU cores)")
+    threads = sorted({str(r.get("threads") or "default") for r in results.values()})
+    ax.set_xlabel(f"training minutes ({'/'.join(threads)} thread(s) per run; runs side by side share the machine)")
     ax.set_ylabel("STS Benchmark dev Spearman x100")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
