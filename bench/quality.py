@@ -322,13 +322,16 @@ def report(args, profile, trained, table, train_minutes, total_seconds) -> None:
                "settings": profile, "train_minutes": train_minutes, "total_seconds": round(total_seconds),
                "dev_curves": {key: result["curve"] for key, result in trained.items()},
                "zero_shot": "no variant was trained on any split of an evaluated task (dev curves: STS Benchmark dev)",
-               "scores": table, "targets": targets(table)}
+               "scores": table, "targets": targets(table),
+               "encoders_given": dict(item.split("=", 1) for item in args.encoders or [])}
     args.results.mkdir(parents=True, exist_ok=True)
     stem = f"quality-{args.profile}{'-' + args.tag if args.tag else ''}{'-sts' if args.sts_only else ''}-{date}"
     write_json_atomic(args.results / f"{stem}.json", payload)
     header = (f"Model {args.model}, profile {args.profile}, device {device}, {round(total_seconds / 60)} min in this "
               f"invocation; training minutes per variant (cached stages count once per variant): {train_minutes}. "
-              f"{settings_line(profile)}\n\n")
+              f"{settings_line(profile)}"
+              + (f" Rows trained elsewhere (--encoders; their training is not the settings above): {args.encoders}."
+                 if args.encoders else "") + "\n\n")
     text = header + markdown(table, columns) + "\n" + json.dumps(payload["targets"], indent=1) + "\n"
     (args.results / f"{stem}.md").write_text(text)
     print(text)

@@ -287,6 +287,7 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # distinct colours for up to 20 variants (tab10 repeats)
     for name, r in results.items():
         ax.plot([p["minutes"] for p in r["curve"]], [p["dev"] for p in r["curve"]], "o-", markersize=3, label=name)
     threads = sorted({str(r.get("threads") or "default") for r in results.values()})
