@@ -265,7 +265,10 @@ def carried_rows(args, table: dict) -> dict[str, dict]:
     tight CPU budget. Each carried row names its source file; trained rows are never carried."""
     if not args.carry:
         return {}
-    earlier = json.loads(args.carry.read_text())
+    try:
+        earlier = json.loads(args.carry.read_text())
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"--carry {args.carry}: not a readable quality result ({error})") from None
     if earlier.get("profile") != args.profile:
         raise SystemExit(f"--carry {args.carry}: profile {earlier.get('profile')!r}, this run {args.profile!r}")
     keep = STS + [t + NO_INSTRUCTION for t in STS] + ([] if args.sts_only else OTHER + PROBES)

@@ -11,13 +11,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import byte_tokenizer, tiny_model
-from test_gradcache import SEED, _assert_close, _encoder, _grads, _task
+from test_gradcache import SEED, _assert_close, _encoder, _grads, _task, two_rank_embeddings
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
 from lm2vec import Encoder, EncoderConfig
-from lm2vec.training import gradcache
 from lm2vec.training.engine import DDPEngine, Engine, FSDPEngine, layer_classes, make_engine
-from lm2vec.training.gradcache import cached_backward, split_rows
+from lm2vec.training.gradcache import cached_backward
 from lm2vec.training.objectives import MNTPTask
 from lm2vec.training.recipe import StageConfig
 
@@ -74,16 +73,7 @@ def test_gradcache_under_ddp_syncs_once_and_equals_one_process_with_the_full_bat
     assert two["passes"] == 12 and two["sent"] and set(two["sent"]) == {12}
     encoder = _encoder(0.3)
     task, batch = _task("simcse", encoder)
-    embeddings = {}
-    for i, (name, side) in enumerate(task.embedding_sides(batch)):  # rank 0's and rank 1's chunks, in one graph
-        parts = []
-        for half in (0, 1):
-            rows = {k: v[half * 8 : (half + 1) * 8] for k, v in side.items()}
-            for start, chunk in split_rows(rows, 3):
-                torch.manual_seed(gradcache.chunk_seed(SEED, i, half * 8 + start))
-                parts.append(encoder.embed(chunk))
-        embeddings[name] = torch.cat(parts)
-    loss = task.loss_from_embeddings(embeddings, batch)
+    loss = task.loss_from_embeddings(two_rank_embeddings(task, batch, encoder), batch)  # both ranks, one graph
     loss.backward()
     torch.testing.assert_close(two["loss"], loss.detach(), atol=1e-5, rtol=0)
     _assert_close(two["grads"], _grads(encoder))

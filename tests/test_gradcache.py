@@ -173,9 +173,17 @@ def test_two_processes_with_gradcache_equal_one_process_with_the_full_batch(obje
     task, batch = _task(objective, encoder)
     # one process, 16 rows in chunks of 3 would cut rows differently from 2 x 8 rows in chunks of 3;
     # the reference keeps each rank's chunk boundaries: rows 0-7 and 8-15 cut at 3 within each half.
-    sides = task.embedding_sides(batch)
+    loss = task.loss_from_embeddings(two_rank_embeddings(task, batch, encoder), batch)
+    loss.backward()
+    torch.testing.assert_close(two["loss"], loss.detach(), atol=1e-5, rtol=0)
+    _assert_close(two["grads"], _grads(encoder))
+
+
+def two_rank_embeddings(task, batch, encoder) -> dict:
+    """One process's embeddings of 2 ranks x 8 rows, each rank's half cut into chunks of 3 and seeded as
+    GradCache seeds them, so one graph reproduces what the two processes computed."""
     embeddings = {}
-    for i, (name, side) in enumerate(sides):
+    for i, (name, side) in enumerate(task.embedding_sides(batch)):
         parts = []
         for half in (0, 1):
             rows = {k: v[half * 8 : (half + 1) * 8] for k, v in side.items()}
@@ -183,7 +191,4 @@ def test_two_processes_with_gradcache_equal_one_process_with_the_full_batch(obje
                 torch.manual_seed(gradcache.chunk_seed(SEED, i, half * 8 + start))
                 parts.append(encoder.embed(chunk))
         embeddings[name] = torch.cat(parts)
-    loss = task.loss_from_embeddings(embeddings, batch)
-    loss.backward()
-    torch.testing.assert_close(two["loss"], loss.detach(), atol=1e-5, rtol=0)
-    _assert_close(two["grads"], _grads(encoder))
+    return embeddings

@@ -74,3 +74,7 @@ def test_quality_carries_only_untrained_rows_from_an_earlier_result_of_the_same_
     assert carried["bidirectional, no training"]["carried_from"] == earlier.name
     with pytest.raises(SystemExit, match="profile"):
         quality.carried_rows(argparse.Namespace(carry=earlier, profile="gpu", sts_only=True), {})
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(SystemExit, match="not a readable quality result"):
+        quality.carried_rows(argparse.Namespace(carry=broken, profile="cpu", sts_only=True), {})
