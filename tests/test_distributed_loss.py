@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from conftest import gloo_group, spawn_ranks
 from torch import nn
 
 from lm2vec.training.objectives.contrastive import distributed_info_nce, gather_with_grad, info_nce
@@ -51,9 +51,7 @@ def _single(loss_fn, encoder):
 
 
 def _worker(rank: int, init_file: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
+    with gloo_group(rank, init_file, WORLD):
         q, p, n = _data()
         mine = slice(rank * B, (rank + 1) * B)
         assert torch.equal(gather_with_grad(q[mine]), q)  # rank order
@@ -84,9 +82,7 @@ def _worker(rank: int, init_file: str) -> None:
 
         with pytest.raises(ValueError, match="equal local batch sizes"):
             distributed_info_nce(torch.randn(2 + rank, D), torch.randn(2 + rank, D))
-    finally:
-        dist.destroy_process_group()
 
 
 def test_two_ranks_equal_one_process_on_the_whole_batch(tmp_path):
-    mp.spawn(_worker, args=(str(tmp_path / "rendezvous"),), nprocs=WORLD, join=True)
+    spawn_ranks(_worker, (str(tmp_path / "rendezvous"),), WORLD)

@@ -9,8 +9,7 @@ import contextlib
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from conftest import byte_tokenizer, tiny_model
+from conftest import byte_tokenizer, gloo_group, spawn_ranks, tiny_model
 from test_gradcache import SEED, _assert_close, _encoder, _grads, _task, two_rank_embeddings
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
@@ -39,9 +38,7 @@ def _counting_ddp(model: torch.nn.Module) -> tuple[DDPEngine, list, dict]:
 
 
 def _gradcache_worker(rank: int, init_file: str, result_file: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
+    with gloo_group(rank, init_file):
         encoder = _encoder(0.3)  # dropout on: the replay must redraw the same masks under DDP too
         engine, sent, state = _counting_ddp(encoder.model)
         task, batch = _task("simcse", encoder, range(rank * 8, (rank + 1) * 8))
@@ -60,13 +57,11 @@ def _gradcache_worker(rank: int, init_file: str, result_file: str) -> None:
         if rank == 0:
             torch.save({"loss": loss / 2, "grads": _grads(encoder), "sent": sent, "passes": state["pass"]},
                        result_file)
-    finally:
-        dist.destroy_process_group()
 
 
 def test_gradcache_under_ddp_syncs_once_and_equals_one_process_with_the_full_batch(tmp_path):
     out = tmp_path / "rank0.pt"
-    mp.spawn(_gradcache_worker, args=(str(tmp_path / "rendezvous"), str(out)), nprocs=2, join=True)
+    spawn_ranks(_gradcache_worker, (str(tmp_path / "rendezvous"), str(out)))
     two = torch.load(out)
     # 2 sides x 3 chunks of 8 rows, embedded without a graph and then replayed: 12 forwards; only the
     # last replayed chunk's backward may send gradients (every bucket then, once)
@@ -96,9 +91,7 @@ def _micro_batches():
 
 
 def _mntp_worker(rank: int, init_file: str, result_file: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
+    with gloo_group(rank, init_file):
         encoder, task = _mntp()
         engine, sent, state = _counting_ddp(encoder.model)
         batches = _micro_batches()[2 * rank : 2 * rank + 2]
@@ -108,13 +101,11 @@ def _mntp_worker(rank: int, init_file: str, result_file: str) -> None:
                 (task.loss(batch) / 2).backward()
         if rank == 0:
             torch.save({"grads": _grads(encoder), "sent": sent}, result_file)
-    finally:
-        dist.destroy_process_group()
 
 
 def test_mntp_grad_accum_under_ddp_accumulates_locally_then_averages_once(tmp_path):
     out = tmp_path / "rank0.pt"
-    mp.spawn(_mntp_worker, args=(str(tmp_path / "rendezvous"), str(out)), nprocs=2, join=True)
+    spawn_ranks(_mntp_worker, (str(tmp_path / "rendezvous"), str(out)))
     two = torch.load(out)
     assert two["sent"] and set(two["sent"]) == {1}, "the first micro-batch's backward must not all-reduce"
     encoder, task = _mntp()

@@ -7,8 +7,7 @@ import copy
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from conftest import byte_tokenizer, tiny_model
+from conftest import byte_tokenizer, gloo_group, spawn_ranks, tiny_model
 
 from lm2vec import Encoder, EncoderConfig
 from lm2vec.data.triplets import Triplet
@@ -130,9 +129,7 @@ NESTED = {"matryoshka_dims": [64, 8], "matryoshka_weights": [1.0, 0.5]}
 
 
 def _worker(rank: int, init_file: str, objective: str, result_file: str, nested: bool = False) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
+    with gloo_group(rank, init_file):
         encoder = _encoder(0.3 if objective == "simcse" else 0.0)
         task, batch = _task(objective, encoder, range(rank * 8, (rank + 1) * 8), **(NESTED if nested else {}))
         loss = cached_backward(encoder.embed, task.embedding_sides(batch),
@@ -144,8 +141,6 @@ def _worker(rank: int, init_file: str, objective: str, result_file: str, nested:
         dist.all_reduce(loss)
         if rank == 0:
             torch.save({"loss": loss / 2, "grads": grads}, result_file)
-    finally:
-        dist.destroy_process_group()
 
 
 def _one_process_supervised(nested: bool = False):
@@ -162,7 +157,7 @@ def _one_process_supervised(nested: bool = False):
 def test_two_processes_with_gradcache_equal_one_process_with_the_full_batch(objective, nested, tmp_path):
     """`nested`: Matryoshka dims, whose per-prefix losses each gather across the two processes."""
     out = tmp_path / "rank0.pt"
-    mp.spawn(_worker, args=(str(tmp_path / "rendezvous"), objective, str(out), nested), nprocs=2, join=True)
+    spawn_ranks(_worker, (str(tmp_path / "rendezvous"), objective, str(out), nested))
     two = torch.load(out)
     if objective == "supervised":
         loss, grads = _one_process_supervised(nested)

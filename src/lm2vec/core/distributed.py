@@ -35,6 +35,8 @@ def barrier(world: int) -> None:
 
 
 def shutdown(world: int) -> None:
-    """Leave the process group cleanly (torch warns about a group left open at exit)."""
+    """Leave the process group cleanly (torch warns about a group left open at exit), every process
+    together: one that tears its group down while a peer still talks to it can abort the peer."""
     if world > 1 and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

@@ -26,6 +26,7 @@ sum: one all-reduce per step. The context must cover the forward too (DDP prepar
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from collections.abc import Iterator
 
@@ -86,9 +87,12 @@ class DDPEngine(Engine):
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index or 0] if device.type == "cuda" else None
-        # broadcast_buffers off: buffers (rotary tables) are equal everywhere, and dev evaluation runs
-        # forwards on rank 0 alone, which a per-forward broadcast would deadlock
-        self.wrapper = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        # no buffer sync per forward: buffers (rotary tables) are equal everywhere, and dev evaluation runs
+        # forwards on rank 0 alone, which a per-forward broadcast would deadlock. Newer torch names the
+        # switch forward_sync_buffers (broadcast_buffers is deprecated there); older torch has only the latter.
+        accepted = inspect.signature(DistributedDataParallel.__init__).parameters
+        no_sync = "forward_sync_buffers" if "forward_sync_buffers" in accepted else "broadcast_buffers"
+        self.wrapper = DistributedDataParallel(model, device_ids=ids, **{no_sync: False})
 
     @contextlib.contextmanager
     def forwarding(self, encoder) -> Iterator[None]:
