@@ -96,7 +96,7 @@ def train_variants(args, profile: dict) -> dict[str, dict]:
                                     doc_queries=0, doc_distractors=0, doc_max_length=0)
     if not all((args.data_dir / "nli/SNLI" / f"snli_1.0_{s}.jsonl.gz").is_file() for s in ("dev", "test")):
         raise SystemExit(f"the supervised stage needs SNLI dev and test triplets under {args.data_dir}/nli/SNLI")
-    given = dict(item.split("=", 1) for item in args.encoders or [])
+    given = given_encoders(args)
     trained = {}
     for key, spec in variant_specs(profile["stages"]).items():
         if args.variants and key not in args.variants:
@@ -107,6 +107,17 @@ def train_variants(args, profile: dict) -> dict[str, dict]:
         trained[key] = {"encoder": given[key], "curve": [], "minutes": 0.0} if key in given else \
             sweep.run_variant(key, spec, sweep_args)
     return trained
+
+
+def given_encoders(args) -> dict[str, str]:
+    """--encoders KEY=DIR items as {key: dir}; a malformed item or unknown key is a one-line error."""
+    given = {}
+    for item in args.encoders or []:
+        key, sep, folder = item.partition("=")
+        if not sep or not folder or key not in TRAINED_ROWS:
+            raise SystemExit(f"--encoders {item!r}: expected KEY=DIR with KEY one of {', '.join(TRAINED_ROWS)}")
+        given[key] = folder
+    return given
 
 
 def row_matches(name: str, asked: str, names) -> bool:
@@ -326,15 +337,15 @@ def report(args, profile, trained, table, train_minutes, total_seconds) -> None:
                "dev_curves": {key: result["curve"] for key, result in trained.items()},
                "zero_shot": "no variant was trained on any split of an evaluated task (dev curves: STS Benchmark dev)",
                "scores": table, "targets": targets(table),
-               "encoders_given": dict(item.split("=", 1) for item in args.encoders or [])}
+               "encoders_given": given_encoders(args)}
     args.results.mkdir(parents=True, exist_ok=True)
     stem = f"quality-{args.profile}{'-' + args.tag if args.tag else ''}{'-sts' if args.sts_only else ''}-{date}"
     write_json_atomic(args.results / f"{stem}.json", payload)
     header = (f"Model {args.model}, profile {args.profile}, device {device}, {round(total_seconds / 60)} min in this "
               f"invocation; training minutes per variant (cached stages count once per variant): {train_minutes}. "
               f"{settings_line(profile)}"
-              + (f" Rows trained elsewhere (--encoders; their training is not the settings above): {args.encoders}."
-                 if args.encoders else "") + "\n\n")
+              + (f" Rows scored from given encoders (--encoders; not trained in this invocation, so their minutes "
+                 f"read 0): {given_encoders(args)}." if args.encoders else "") + "\n\n")
     text = header + markdown(table, columns) + "\n" + json.dumps(payload["targets"], indent=1) + "\n"
     (args.results / f"{stem}.md").write_text(text)
     print(text)

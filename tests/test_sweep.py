@@ -78,3 +78,19 @@ def test_quality_carries_only_untrained_rows_from_an_earlier_result_of_the_same_
     broken.write_text("{not json")
     with pytest.raises(SystemExit, match="not a readable quality result"):
         quality.carried_rows(argparse.Namespace(carry=broken, profile="cpu", sts_only=True), {})
+
+
+def test_quality_encoders_are_key_equals_folder_with_a_known_key():
+    import argparse
+
+    import pytest
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import quality
+
+    given = quality.given_encoders(argparse.Namespace(encoders=["simcse=runs/a=b", "mntp=/m"]))
+    assert given == {"simcse": "runs/a=b", "mntp": "/m"}  # split at the first "=" only
+    assert quality.given_encoders(argparse.Namespace(encoders=None)) == {}
+    for bad in ("simcse", "simcse=", "bogus=/x"):
+        with pytest.raises(SystemExit, match="expected KEY=DIR"):
+            quality.given_encoders(argparse.Namespace(encoders=[bad]))
