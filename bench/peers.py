@@ -2,7 +2,8 @@
 trained with the same data and budget and evaluated with the same code.
 
     LLM2Vec unsupervised (bi + MNTP + SimCSE) and supervised (bi + MNTP + supervised, SNLI)
-    soft-annealed LLM2Vec (attention causal -> bidirectional over the first half of MNTP)
+    soft-annealed (the annealed-simcse recipe: SimCSE with attention going causal -> bidirectional over
+    its first half, no MNTP; the sweep's best dev score per minute, sweep-cpu-2026-12-03)
     Echo (Springer et al. 2024): causal, untrained and after the supervised stage
     contextual token (Causal2Vec): causal, all-MiniLM-L6-v2 pre-encoder, + the supervised stage
     latent-attention pooling (NV-Embed): bi + MNTP + supervised with the layer
@@ -10,15 +11,18 @@ trained with the same data and budget and evaluated with the same code.
     the plain supervised encoder cut to the same widths)
     causal + mean untrained, causal + supervised: the controls Echo and the contextual token build on
 
-Stages come from bench/quality.py's profile (CPU: MNTP 100 x 8 x 128, SimCSE 150 x 32 x 32, supervised
-60 x 16 x 48, the settings bench/sweep.py chose) and train through sweep.run_variant into the same
---work folder, so stages a quality run or a sweep already trained are reused. Evaluation: mteb's own
+Stages come from bench/quality.py's profile (CPU: MNTP 300 x 8 x 128, SimCSE 300 x 32 x 32, supervised
+60 x 16 x 48, annealed SimCSE 150, the settings bench/sweep.py chose) and train through sweep.run_variant
+into the same --work folder, so stages a quality run or a sweep already trained (with the same --threads)
+are reused, and so are the vectors of its evaluations (the embedding cache is keyed by weights and texts). Evaluation: mteb's own
 evaluators through lm2vec's adapter (src/lm2vec/eval/mteb.py) on the STS tasks + Banking77, Emotion,
 TwitterSemEval2015 of the local data pack, LLM2Vec's instructions, the quality profile's sampling. Cost:
 encode throughput in *text* tokens per second (a text counts its plain tokens, so Echo's doubled
 sequence shows as half the speed), relative to plain mean pooling, on the same sentences for every row.
 
     python bench/peers.py --profile cpu --data-dir ../shared/data --threads 2     # hours on 2 CPU cores
+    python bench/peers.py --threads 1 --train-only  # e.g. once per core (taskset), then --eval-threads 2
+    (--scores-only scores the rows beside other work; speed is measured, all rows in one pass, by a full run)
     python bench/peers.py --profile smoke                                        # a tiny random model
 
 Prints a table, writes bench/results/peers-<profile>-<date>.json and .md. Re-runs resume: trained
@@ -54,7 +58,7 @@ PROFILES = {  # quality.py's stages and evaluation sampling; dims: Matryoshka wi
 }
 TRAINED_ROWS = {
     "llm2vec_unsup": "LLM2Vec unsupervised (bi + MNTP + SimCSE)",
-    "annealed_unsup": "LLM2Vec unsupervised, soft-annealed (causal -> bi over half of MNTP)",
+    "annealed_unsup": "soft-annealed bi + SimCSE (causal -> bi over half of SimCSE, no MNTP)",
     "llm2vec_sup": "LLM2Vec supervised (bi + MNTP + supervised)",
     "causal_sup": "causal + supervised (control)",
     "echo_sup": "Echo + supervised (causal)",
@@ -66,8 +70,7 @@ TRAINED_ROWS = {
 def specs(stages: dict, dims: list[int], contextual: str) -> dict[str, tuple]:
     """Every trained variant as a sweep spec: (bidirectional, pooling, [stages], encoder settings)."""
     m, s, u = stages["mntp"], stages["simcse"], stages["supervised"]
-    annealed = sweep._with(m, bidirectional_anneal_steps=max(1, m["max_steps"] // 2))
-    return {"llm2vec_unsup": (True, "mean", [m, s]), "annealed_unsup": (True, "mean", [annealed, s]),
+    return {"llm2vec_unsup": (True, "mean", [m, s]), "annealed_unsup": (True, "mean", [stages["annealed"]]),
             "llm2vec_sup": (True, "mean", [m, u]), "causal_sup": (False, "mean", [u]),
             "echo_sup": (False, "mean", [u], {"echo": True}),
             "contextual_sup": (False, "last", [u], {"contextual": contextual}),
@@ -79,7 +82,23 @@ def train(args, profile: dict, dims: list[int]) -> dict[str, dict]:
     """Train (or find in the cache) every variant; {key: sweep result with 'encoder' and 'minutes'}."""
     limited = {name: sweep._with(stage, data_limit=profile["data_limit"]) if profile["data_limit"] else stage
                for name, stage in profile["stages"].items()}
-    return {key: sweep.run_variant(key, spec, args) for key, spec in specs(limited, dims, args.contextual_encoder).items()}
+    chosen = specs(limited, dims, args.contextual_encoder)
+    return {key: sweep.run_variant(key, spec, args) for key, spec in chosen.items()
+            if not args.variants or key in args.variants}
+
+
+def reuse_quality_vectors(work: Path) -> int:
+    """Link the embedding caches of bench/quality.py's evaluations under <work>/eval into this benchmark's
+    cache: entries are keyed by the weights' fingerprint, task, instruction and texts, so a row whose
+    encoder a quality run already scored on the same samples is read, not re-encoded. Returns the links made."""
+    ours, made = work / "peers-embeddings", 0
+    ours.mkdir(parents=True, exist_ok=True)
+    for fingerprint_dir in sorted(work.glob("eval/*/embedding_cache/*")):
+        link = ours / fingerprint_dir.name
+        if fingerprint_dir.is_dir() and not link.exists():
+            link.symlink_to(fingerprint_dir.resolve(), target_is_directory=True)
+            made += 1
+    return made
 
 
 def rows(base: str, trained: dict[str, dict], dims: list[int]) -> list[dict]:
@@ -149,8 +168,8 @@ def score_row(row: dict, encoder: Encoder, tasks: list, args, profile: dict, mem
     return scores
 
 
-def evaluate(args, profile: dict, table_rows: list[dict], texts: list[str]) -> dict[str, dict]:
-    """Score every row (finished rows come from <work>/peers-table.json) and measure its speed."""
+def evaluate(args, profile: dict, table_rows: list[dict]) -> dict[str, dict]:
+    """Score every row; finished rows come from <work>/peers-table.json, so an interrupted run resumes."""
     from lm2vec.eval.mteb import get_tasks
 
     tasks = get_tasks(profile["tasks"], args.data_dir, profile["eval_limit"])  # loaded once, scored for every row
@@ -162,16 +181,32 @@ def evaluate(args, profile: dict, table_rows: list[dict], texts: list[str]) -> d
     for row in table_rows:
         key = json.dumps([row, profile], sort_keys=True, default=str)
         if key not in done:
-            model = json.dumps([row["model"], row["settings"]], sort_keys=True)
-            if model not in loaded:  # the rows of one model (its widths) share it, its memo and its speed
-                encoder = Encoder.from_pretrained(row["model"], device=args.device, **row["settings"])
-                loaded = {model: (encoder, {}, speed(encoder, texts, profile["batch_size"]))}
-            encoder, memo, measured = loaded[model]
-            done[key] = {**score_row(row, encoder, tasks, args, profile, memo), **measured}
+            model = model_key(row)
+            if model not in loaded:  # the rows of one model (its widths) share it and its memo of vectors
+                loaded = {model: (Encoder.from_pretrained(row["model"], device=args.device, **row["settings"]), {})}
+            encoder, memo = loaded[model]
+            done[key] = score_row(row, encoder, tasks, args, profile, memo)
             write_json_atomic(done_file, done)
         table[row["name"]] = {**done[key], "STS avg": _mean([done[key].get(t) for t in quality.STS])}
         print(f"{row['name']}: STS avg {table[row['name']]['STS avg']:.2f}", flush=True)
     return table
+
+
+def speeds(args, profile: dict, table_rows: list[dict], texts: list[str]) -> dict[str, dict]:
+    """Encode speed of every distinct model, measured here one after the other (never cached: a table's
+    ratios must come from one run on one machine state), {model key: speed()}."""
+    measured = {}
+    for row in table_rows:
+        model = model_key(row)
+        if model not in measured:
+            encoder = Encoder.from_pretrained(row["model"], device=args.device, **row["settings"])
+            measured[model] = speed(encoder, texts, profile["batch_size"])
+            del encoder
+    return measured
+
+
+def model_key(row: dict) -> str:
+    return json.dumps([row["model"], row["settings"]], sort_keys=True)
 
 
 def settings_line(profile: dict) -> str:
@@ -243,7 +278,15 @@ def main() -> None:
     p.add_argument("--results", type=Path, default=Path("bench/results"))
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, help="torch threads (the same value as a quality run's reuses its stages)")
+    p.add_argument("--eval-threads", type=int, help="torch threads for scoring and speed (default: --threads)")
+    p.add_argument("--variants", nargs="*", choices=sorted(TRAINED_ROWS) + ["matryoshka_sup"],
+                   help="with --train-only: train only these (e.g. half per core)")
+    p.add_argument("--train-only", action="store_true", help="train the variants and stop")
+    p.add_argument("--scores-only", action="store_true", help="score the rows and stop (no speed, no table): "
+                   "e.g. beside other work, then a run on a quiet machine measures speed and writes the table")
     args = p.parse_args()
+    if args.variants and not args.train_only:
+        p.error("--variants needs --train-only (the table needs every variant)")
     run(args)
 
 
@@ -259,9 +302,19 @@ def run(args) -> None:
     dims = profile["dims"] or [hidden // k for k in (1, 2, 4) for hidden in [_hidden_size(args.model)]]
     print(settings_line(profile), flush=True)
     trained = train(args, profile, dims)
+    if args.train_only:
+        print("trained:", ", ".join(f"{k} {v['minutes']:.1f} min" for k, v in trained.items()), flush=True)
+        return
+    if args.eval_threads:
+        torch.set_num_threads(args.eval_threads)
+    print(f"linked {reuse_quality_vectors(args.work)} embedding caches of quality runs", flush=True)
     table_rows = rows(args.model, trained, dims)
     texts = sorted(set(load_scored_pairs(args.dev).sentence1))[: profile["speed_texts"]]
-    table = evaluate(args, profile, table_rows, texts)
+    table = evaluate(args, profile, table_rows)
+    if args.scores_only:
+        return
+    measured = speeds(args, profile, table_rows, texts)
+    table = {row["name"]: {**table[row["name"]], **measured[model_key(row)]} for row in table_rows}
     report(args, profile, trained, table, table_rows, time.time() - started)
 
 
