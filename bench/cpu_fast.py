@@ -11,7 +11,7 @@ with --threads threads. Per path: tokens/s of a timed encode after a warm-up bat
 float32, min/mean cosine of its vectors to float32's, and STSBenchmark test Spearman (cosine vs gold, the
 first --sts-pairs pairs). The fast path's targets (min cosine >= 0.99, mean >= 0.999, >= 1.8x float32
 tokens/s, STS within 0.3) are checked in the table. Writes bench/results/cpu-fast-<date>.json
-(cpu-fast-<date>-limit<N>.json with --limit).
+(cpu-fast-<date>[-<tag>][-limit<N>].json with --tag / --limit).
 
 Paths: float32 | bfloat16 (everything bf16) | bf16-matmul (lm2vec's fast mode: the first quarter of the
 layers float32) | bf16-matmul-all (every layer's matmuls in bf16: faster, less exact) | int8-dynamic (torch) |
@@ -171,7 +171,8 @@ def print_table(rows: dict, skipped: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--model", default="smollm2-135m", help="a registry name, hub id or encoder folder (e.g. a trained one)")
+    p.add_argument("--tag", default="", help="added to the result's file name (e.g. trained)")
     p.add_argument("--paths", nargs="+", default=[*TORCH_PATHS, *ENGINE_PATHS], choices=[*TORCH_PATHS, *ENGINE_PATHS])
     p.add_argument("--n-texts", type=int, default=2000)
     p.add_argument("--limit", type=int, help="use only the first N texts and N STS pairs (a quick check)")
@@ -208,7 +209,7 @@ def main() -> None:
         compare(rows, tmp)
     print_table(rows, skipped)
     payload["paths"] = rows
-    suffix = f"-limit{args.limit}" if args.limit else ""
+    suffix = (f"-{args.tag}" if args.tag else "") + (f"-limit{args.limit}" if args.limit else "")
     out = HERE / "results" / f"cpu-fast-{payload['date']}{suffix}.json"
     out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {out}")
