@@ -14,9 +14,9 @@ trained with the same data and budget and evaluated with the same code.
 Stages come from bench/quality.py's profile (CPU: MNTP 300 x 8 x 128, SimCSE 300 x 32 x 32, supervised
 60 x 16 x 48, annealed SimCSE 150, the settings bench/sweep.py chose) and train through sweep.run_variant
 into the same --work folder, so stages a quality run or a sweep already trained (with the same --threads)
-are reused, and so are the vectors of its evaluations (the embedding cache is keyed by weights and texts). Evaluation: mteb's own
-evaluators through lm2vec's adapter (src/lm2vec/eval/mteb.py) on the STS tasks + Banking77, Emotion,
-TwitterSemEval2015 of the local data pack, LLM2Vec's instructions, the quality profile's sampling. Cost:
+are reused, and so are the vectors of its evaluations (the embedding cache is keyed by weights and
+texts). Evaluation: mteb's own evaluators through lm2vec's adapter (src/lm2vec/eval/mteb.py) on the
+STS tasks + Banking77, Emotion, TwitterSemEval2015 of the local data pack, LLM2Vec's instructions, the quality profile's sampling. Cost:
 encode throughput in *text* tokens per second (a text counts its plain tokens, so Echo's doubled
 sequence shows as half the speed), relative to plain mean pooling, on the same sentences for every row.
 
