@@ -28,6 +28,7 @@ import datetime
 import importlib.util
 import json
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -38,6 +39,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from speed import DATA, cosines, mixed_texts, run_json, sts_pairs  # noqa: E402
+
+from lm2vec.io import write_json_atomic  # noqa: E402
 
 TORCH_PATHS = {"float32": "float32", "bfloat16": "bfloat16", "bf16-matmul": "bf16-matmul",
                "bf16-matmul-all": "float32", "int8-dynamic": "int8-dynamic"}
@@ -188,6 +191,8 @@ def main() -> None:
         return run_path(args)
     if "float32" not in args.paths:
         p.error("--paths must include float32: every other path is compared with it")
+    if args.tag and not re.fullmatch(r"[\w.-]+", args.tag):  # checked before the run, not when writing its result
+        p.error(f"--tag {args.tag!r}: use letters, digits, '.', '_' or '-' (it becomes part of a file name)")
     texts, counts = mixed_texts(args.data_dir, args.n_texts)
     if args.limit:
         texts, args.sts_pairs = texts[: args.limit], min(args.sts_pairs, args.limit)
@@ -211,7 +216,7 @@ def main() -> None:
     payload["paths"] = rows
     suffix = (f"-{args.tag}" if args.tag else "") + (f"-limit{args.limit}" if args.limit else "")
     out = HERE / "results" / f"cpu-fast-{payload['date']}{suffix}.json"
-    out.write_text(json.dumps(payload, indent=2) + "\n")
+    write_json_atomic(out, payload)
     print(f"wrote {out}")
 
 

@@ -330,6 +330,7 @@ def report(args, profile, trained, table, train_minutes, total_seconds) -> None:
     columns = STS + [t + NO_INSTRUCTION for t in STS] + ([] if args.sts_only else
                                                          OTHER + PROBES + [t + NO_SHIFT for t in PROBES])
     date = datetime.date.today().isoformat()
+    given = given_encoders(args)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or 'x86_64'}, {torch.get_num_threads()} threads)"
     payload = {"date": date, "model": args.model, "profile": args.profile, "device": device,
                "environment": sweep.environment(),
@@ -337,7 +338,7 @@ def report(args, profile, trained, table, train_minutes, total_seconds) -> None:
                "dev_curves": {key: result["curve"] for key, result in trained.items()},
                "zero_shot": "no variant was trained on any split of an evaluated task (dev curves: STS Benchmark dev)",
                "scores": table, "targets": targets(table),
-               "encoders_given": given_encoders(args)}
+               "encoders_given": given}
     args.results.mkdir(parents=True, exist_ok=True)
     stem = f"quality-{args.profile}{'-' + args.tag if args.tag else ''}{'-sts' if args.sts_only else ''}-{date}"
     write_json_atomic(args.results / f"{stem}.json", payload)
@@ -345,7 +346,7 @@ def report(args, profile, trained, table, train_minutes, total_seconds) -> None:
               f"invocation; training minutes per variant (cached stages count once per variant): {train_minutes}. "
               f"{settings_line(profile)}"
               + (f" Rows scored from given encoders (--encoders; not trained in this invocation, so their minutes "
-                 f"read 0): {given_encoders(args)}." if args.encoders else "") + "\n\n")
+                 f"read 0): {given}." if given else "") + "\n\n")
     text = header + markdown(table, columns) + "\n" + json.dumps(payload["targets"], indent=1) + "\n"
     (args.results / f"{stem}.md").write_text(text)
     print(text)
