@@ -19,7 +19,15 @@ from typer.testing import CliRunner
 
 from lm2vec import Encoder, EncoderConfig, make_bidirectional
 from lm2vec.cli import app
-from lm2vec.core.compute import BF16Linear, decoder_layers, resolve_dtype, to_bf16_matmul
+from lm2vec.core.compute import (
+    BF16Linear,
+    LengthSwitch,
+    SwitchedLinear,
+    decoder_layers,
+    resolve_dtype,
+    to_bf16_adaptive,
+    to_bf16_matmul,
+)
 from lm2vec.export import cosines
 
 TEXTS = ["A man is playing a guitar.", "cats", "The committee postponed its decision until the next meeting.",
@@ -90,8 +98,55 @@ def test_the_mode_is_part_of_the_fingerprint(model_dir):
     exact = Encoder.from_pretrained(model_dir, dtype="float32", device="cpu")
     fast = Encoder.from_pretrained(model_dir, dtype="bf16-matmul", device="cpu")
     int8 = Encoder.from_pretrained(model_dir, dtype="int8", device="cpu")
-    prints = {exact.fingerprint(), fast.fingerprint(), int8.fingerprint()}
-    assert len(prints) == 3 and int8.fingerprint() == Encoder.from_pretrained(model_dir, dtype="int8-dynamic").fingerprint()
+    adaptive = Encoder.from_pretrained(model_dir, dtype="bf16-adaptive", device="cpu")
+    prints = {exact.fingerprint(), fast.fingerprint(), int8.fingerprint(), adaptive.fingerprint()}
+    assert len(prints) == 4 and int8.fingerprint() == Encoder.from_pretrained(model_dir, dtype="int8-dynamic").fingerprint()
+
+
+SHORT, LONG = "cats", "The committee postponed its decision until the next meeting."  # 4 / 61 byte tokens
+
+
+def test_bf16_adaptive_runs_short_texts_in_float32_and_long_ones_in_bf16():
+    encoder = tiny_encoder(max_length=96)
+    reference = {t: encoder.encode([t])[0] for t in (SHORT, LONG)}
+    fast = copy.deepcopy(encoder)
+    to_bf16_adaptive(fast.model, tiers=((8, 1.0), (None, 0.0)))  # up to 8 tokens all float32, else all bf16
+    assert sum(isinstance(m, SwitchedLinear) for m in fast.model.modules()) == 14  # every layer can switch
+    assert np.array_equal(fast.encode([SHORT])[0], reference[SHORT])
+    long = fast.encode([LONG])[0]
+    assert not np.array_equal(long, reference[LONG]) and cosines(long[None], reference[LONG][None]).min() >= 0.999
+    # a batch follows its shortest text, so a short text is never rounded for sharing a batch with a long one
+    assert np.array_equal(fast.encode([SHORT, LONG], batch_size=2), encoder.encode([SHORT, LONG], batch_size=2))
+    default = copy.deepcopy(encoder).use_compute_mode("bf16-adaptive")  # up to 24 tokens: the first 40% float32
+    switch = default.model.length_switch
+    assert [(default.encode([t]), switch.local.float32_layers)[1] for t in (SHORT, LONG)] == [1, 0]
+
+
+def test_bf16_adaptive_counts_the_pooled_tokens_not_the_instruction():
+    encoder = tiny_encoder(max_length=96)
+    instruction = "Retrieve semantically similar text:"  # attended, not pooled: the text still averages 4 states
+    fast = copy.deepcopy(encoder)
+    to_bf16_adaptive(fast.model, tiers=((8, 1.0), (None, 0.0)))
+    assert np.array_equal(fast.encode([SHORT], instruction=instruction), encoder.encode([SHORT], instruction=instruction))
+    switch = fast.model.length_switch  # called without the Encoder, the attention mask is the measure
+    batch = fast.collate(fast.tokenize([(instruction, SHORT)]))
+    fast.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    assert [switch.runs_bf16(i) for i in (0, 1)] == [True, True]
+
+
+def test_bf16_adaptive_tiers_are_per_thread_and_refuse_single_token_pooling():
+    import threading
+
+    switch = LengthSwitch(num_layers=8, tiers=((8, 1.0), (24, 0.25), (None, 0.0)))
+    assert [switch.float32_layers(n) for n in (1, 8, 9, 24, 25, 4096)] == [8, 8, 2, 2, 0, 0]
+    switch.before_forward(None, (), {"input_ids": torch.zeros(1, 30, dtype=torch.long)})
+    seen = []
+    other = threading.Thread(target=lambda: seen.append(switch.runs_bf16(7)))
+    other.start()
+    other.join()
+    assert switch.runs_bf16(0) and seen == [False]  # another thread, before any batch of its own: float32
+    with pytest.raises(ValueError, match="bf16-adaptive picks the precision"):
+        tiny_encoder(pooling="last").use_compute_mode("bf16-adaptive")
 
 
 def test_int8_dynamic_quantises_every_linear_layer_and_encodes():
@@ -104,7 +159,7 @@ def test_int8_dynamic_quantises_every_linear_layer_and_encodes():
 
 
 def test_unknown_dtypes_and_modes_are_refused_with_the_choices(model_dir):
-    with pytest.raises(ValueError, match="bf16-matmul, int8-dynamic"):
+    with pytest.raises(ValueError, match="bf16-matmul, bf16-adaptive, int8-dynamic"):
         Encoder.from_pretrained(model_dir, dtype="bf16-fast")
     with pytest.raises(ValueError, match="unknown compute mode 'fast'"):
         tiny_encoder().use_compute_mode("fast")

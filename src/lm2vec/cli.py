@@ -21,7 +21,7 @@ MODEL_HELP = "built-in name (smollm2-135m, gemma3-270m), local model folder or h
 KWARGS_HELP = ("JSON object of from_pretrained arguments, e.g. '{\"attn_implementation\": \"eager\", "
                "\"revision\": \"main\"}' (also token, device_map, dtype)")
 DTYPE_HELP = ("float32 | bfloat16 | float16 | bf16-matmul (fast on CPUs with AMX/AVX512-BF16, close to float32) | "
-              "int8-dynamic (default: float32 on CPU, bfloat16 on CUDA; docs/performance.md)")
+              "bf16-adaptive (bf16 matmuls for long texts, float32 for short ones; mean pooling) | int8-dynamic (default: float32 on CPU, bfloat16 on CUDA; docs/performance.md)")
 
 
 @app.callback()

@@ -14,6 +14,16 @@ first layers still matters: an error there is amplified where the massive activa
 later layers barely move the vectors (rounding the weights of any five of layers 15-29 leaves every
 measured cosine >= 0.9999). So the first quarter of the decoder layers stays float32 (`float32_layers`).
 
+`bf16-adaptive` picks the precision per batch from its shortest text, because the error is a per-text
+matter: mean pooling averages a wrong token away over a long text, not over a short one. Measured on a
+trained SmolLM2 encoder (1,200 held-out texts; docs/performance.md): with bf16 matmuls in every layer all
+texts of more than 24 tokens stay at cosine >= 0.997 to float32, while shorter ones fall to 0.92; the
+errors that matter are made in the layers up to the one that creates the massive activations (layer 11 of
+30): keeping layers 0-11 float32 gave every text >= 0.9999, keeping 0-7 or any few of them did not. So
+batches whose shortest text has up to 24 pooled tokens run the first 40% of the layers float32, the rest
+bf16 matmuls everywhere (`ADAPTIVE_TIERS`); the float32 weights are kept beside the bf16 copies (1.5x
+the memory of float32 in the switched layers).
+
 `int8-dynamic` is torch's dynamic quantisation of every nn.Linear (qint8 weights, one activation scale
 per batch). On models with massive activations that one scale is dominated by the outliers: measured on
 SmolLM2 it is not usable (mean cosine 0.88); it is here for models without them, and to be measured.
@@ -23,16 +33,21 @@ Both modes are inference-only: the Encoder refuses to save them (their weights a
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-COMPUTE_MODES = ("bf16-matmul", "int8-dynamic")
+COMPUTE_MODES = ("bf16-matmul", "bf16-adaptive", "int8-dynamic")
 MODE_ALIASES = {"bfloat16-matmul": "bf16-matmul", "int8": "int8-dynamic"}
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 FLOAT32_SHARE = 0.25  # leading share of decoder layers that bf16-matmul keeps in float32
+# bf16-adaptive: (up to this many pooled tokens in the batch's shortest text, leading share of layers kept
+# float32); None: any length. Chosen on held-out texts (STS-B/Banking77/Emotion/SciFact *train* splits)
+ADAPTIVE_TIERS = ((24, 0.4), (None, 0.0))
 
 
 def compute_mode(name: object) -> str | None:
@@ -131,6 +146,84 @@ def to_bf16_matmul(model: nn.Module, float32_layers: int | None = None) -> nn.Mo
     return model
 
 
+class LengthSwitch:
+    """How many leading decoder layers run float32 for the batch running now, from its shortest text.
+
+    The Encoder says how many tokens that text pools (`pooled_tokens`); a caller that does not (a live
+    SentenceTransformer) is measured by the attention mask in the backbone's forward pre-hook. State is
+    per thread, so concurrent encodes each keep their own; before any batch, every layer runs float32."""
+
+    def __init__(self, num_layers: int, tiers: tuple = ADAPTIVE_TIERS) -> None:
+        self.num_layers, self.tiers, self.local = num_layers, tiers, threading.local()
+
+    def __reduce__(self):  # copies and pickles start with no batch running (a thread-local cannot be copied)
+        return LengthSwitch, (self.num_layers, self.tiers)
+
+    def float32_layers(self, tokens: int) -> int:
+        for limit, share in self.tiers:
+            if limit is None or tokens <= limit:
+                return math.ceil(share * self.num_layers)
+        return self.num_layers
+
+    @contextlib.contextmanager
+    def pooled_tokens(self, tokens: int):
+        self.local.given = tokens
+        try:
+            yield
+        finally:
+            self.local.given = None
+
+    def before_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        tokens = getattr(self.local, "given", None)
+        if tokens is None:
+            mask = kwargs.get("attention_mask")
+            if mask is not None and mask.dim() == 2:
+                tokens = int(mask.sum(-1).min())
+            else:  # no mask: every row is as long as the input (input_ids (B, T) or inputs_embeds (B, T, D))
+                inputs = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs_embeds"))
+                tokens = inputs.shape[1]
+        self.local.float32_layers = self.float32_layers(tokens)
+
+    def runs_bf16(self, layer_index: int) -> bool:
+        return layer_index >= getattr(self.local, "float32_layers", self.num_layers)
+
+
+class SwitchedLinear(nn.Module):
+    """A linear layer that runs as its float32 self or as a BF16Linear, as the LengthSwitch says per batch."""
+
+    def __init__(self, linear: nn.Linear, layer_index: int, switch: LengthSwitch, cache: LastCast) -> None:
+        super().__init__()
+        self.exact, self.fast = linear, BF16Linear(linear, cache)
+        self.layer_index, self.switch = layer_index, switch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fast(x) if self.switch.runs_bf16(self.layer_index) else self.exact(x)
+
+
+def to_bf16_adaptive(model: nn.Module, tiers: tuple = ADAPTIVE_TIERS) -> nn.Module:
+    """Give every nn.Linear of the decoder layers a bf16 twin that the model's LengthSwitch (on
+    `model.length_switch`, also a forward pre-hook) turns on per batch; in place."""
+    layers = decoder_layers(model)
+    switch = LengthSwitch(len(layers), tiers)
+    always_float32 = math.ceil(min(share for _, share in tiers) * len(layers))  # no twin needed there
+    cache = LastCast()
+    for index, layer in list(enumerate(layers))[always_float32:]:
+        for name, linear in [(n, m) for n, m in layer.named_modules() if type(m) is nn.Linear]:
+            parent, _, child = name.rpartition(".")
+            setattr(layer.get_submodule(parent), child, SwitchedLinear(linear, index, switch, cache))
+    model.length_switch = switch
+    model.register_forward_pre_hook(switch.before_forward, with_kwargs=True)
+    return model
+
+
+def check_adaptive_pooling(config) -> None:
+    """bf16-adaptive's tiers rest on averaging: refuse an encoder whose vector is one token's state."""
+    if config.pooling not in ("mean", "weighted_mean") or (config.contextual and config.contextual_output != "text"):
+        raise ValueError(f"bf16-adaptive picks the precision by how many token states a vector averages; with "
+                         f"{config.pooling!r} pooling or a contextual token one state is (part of) the vector, "
+                         "so use float32 or bf16-matmul")
+
+
 def to_int8_dynamic(model: nn.Module) -> nn.Module:
     """torch dynamic quantisation (qint8 weights, per-batch activation scales) of every nn.Linear, in place."""
     from torch.ao.quantization import quantize_dynamic
@@ -148,8 +241,10 @@ def apply_compute_mode(model: nn.Module, mode: str, float32_layers: int | None =
         raise ValueError(f"compute mode {mode!r} converts a float32 model; this one is {weight.dtype}")
     if mode == "int8-dynamic" and weight.device.type != "cpu":
         raise ValueError("int8-dynamic runs on the CPU only (torch's quantised kernels); load with device='cpu'")
-    if mode == "int8-dynamic" and float32_layers is not None:
+    if mode != "bf16-matmul" and float32_layers is not None:
         raise ValueError("float32_layers applies to bf16-matmul only")
+    if mode == "bf16-adaptive":
+        return to_bf16_adaptive(model)
     return to_bf16_matmul(model, float32_layers) if mode == "bf16-matmul" else to_int8_dynamic(model)
 
 

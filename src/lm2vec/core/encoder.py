@@ -7,6 +7,7 @@ call `encode`. A saved Encoder is a plain Hugging Face model directory plus `lm2
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 
 from lm2vec.core.batching import pad_batch, plan_batches
 from lm2vec.core.bidirectional import make_bidirectional, make_causal
-from lm2vec.core.compute import apply_compute_mode, tensor_bytes
+from lm2vec.core.compute import apply_compute_mode, check_adaptive_pooling, tensor_bytes
 from lm2vec.core.echo import ECHO_TEMPLATE, check_echo_template, tokenize_echo
 from lm2vec.core.errors import CheckpointError, TruncationWarning, checkpoint_errors, warn_truncated  # noqa: F401
 from lm2vec.core.extras import build_extras, check_extras_settings, extras_state, output_dim, save_extras
@@ -153,7 +154,7 @@ class Encoder(nn.Module):
         put on the base model its config names, merged into it if `merge_adapter`. `model_kwargs` go to
         `from_pretrained` as they are (attn_implementation, revision, token, device_map, dtype, ...;
         see core/loading.py). `dtype` (a torch dtype, its name, or a fast inference mode: 'bf16-matmul',
-        'int8-dynamic', see core/compute.py) given here wins over theirs."""
+        'bf16-adaptive', 'int8-dynamic', see core/compute.py) given here wins over theirs."""
         from transformers import AutoModel, AutoTokenizer
 
         from lm2vec.core.adapters import is_adapter_dir, load_adapter
@@ -185,8 +186,10 @@ class Encoder(nn.Module):
         return encoder.use_compute_mode(mode) if mode else encoder
 
     def use_compute_mode(self, mode: str, float32_layers: int | None = None) -> Encoder:
-        """Convert the float32 backbone, in place, for fast inference ('bf16-matmul', 'int8-dynamic'; see
-        core/compute.py). An adapter is merged first. Cannot be undone, and the encoder can no longer be saved."""
+        """Convert the float32 backbone, in place, for fast inference ('bf16-matmul', 'bf16-adaptive' (mean
+        pooling only), 'int8-dynamic'; see core/compute.py). An adapter is merged first. Cannot be undone, and the encoder can no longer be saved."""
+        if mode == "bf16-adaptive":
+            check_adaptive_pooling(self.config)
         merge = getattr(self.model, "merge_and_unload", None)
         self.model = apply_compute_mode(merge() if callable(merge) else self.model, mode, float32_layers)
         self.compute_mode, self._fingerprint = mode, None
@@ -257,7 +260,8 @@ class Encoder(nn.Module):
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Pooled float32 vectors (B, D) of a collated batch; differentiable (used by training). With the
         extras: states through latent attention before pooling; the contextual state put first (concat)."""
-        states, context = self._forward(batch)  # on the last device of a split (device_map) model
+        with self._pooled_tokens(batch):
+            states, context = self._forward(batch)  # on the last device of a split (device_map) model
         if "latent_attention" in self.extras:  # the extras sit on the model's first device
             layer = self.extras["latent_attention"]
             states = layer(states.to(next(layer.parameters()).device))
@@ -266,6 +270,14 @@ class Encoder(nn.Module):
             return pooled
         context = context.float().to(pooled.device)
         return context if self.config.contextual_output == "context" else torch.cat([context, pooled], -1)
+
+    def _pooled_tokens(self, batch: dict[str, torch.Tensor]):
+        """bf16-adaptive picks a batch's precision from how many tokens its shortest text averages (not
+        instruction or Echo's first copy, which the attention mask would count too)."""
+        switch = getattr(self.model, "length_switch", None)
+        if switch is None:
+            return contextlib.nullcontext()
+        return switch.pooled_tokens(int(batch["pool_mask"].sum(1).min()))
 
     def encode(
         self,
