@@ -28,7 +28,7 @@ the memory of float32 in the switched layers).
 per batch). On models with massive activations that one scale is dominated by the outliers: measured on
 SmolLM2 it is not usable (mean cosine 0.88); it is here for models without them, and to be measured.
 
-Both modes are inference-only: the Encoder refuses to save them (their weights are rounded).
+All modes are inference-only: the Encoder refuses to save them (their weights are rounded).
 """
 
 from __future__ import annotations
