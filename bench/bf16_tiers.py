@@ -25,7 +25,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from speed import DATA, _column  # noqa: E402
+from speed import DATA, _column, result_suffix  # noqa: E402
 
 from lm2vec.io import write_json_atomic  # noqa: E402
 
@@ -117,9 +117,12 @@ def main() -> None:
     args = p.parse_args()
     variants = {**{f"first {k} float32": set(range(k)) for k in args.leading},
                 **{f"layers {s} float32": layer_set(s) for s in args.sets}}
+    suffix = result_suffix(p, args.tag, args.limit)  # a bad --tag fails here, before the run
     texts = held_out_texts(args.data_dir, args.texts)[: args.limit]
     if args.rows and args.rows.exists():
         rows = json.loads(args.rows.read_text())
+        if missing := [name for name in variants if rows and name not in rows[0]]:
+            p.error(f"--rows {args.rows} holds no cosines for {', '.join(missing)}: use another --rows file")
     else:
         rows = per_text_cosines(args, texts, variants)
         if args.rows:
@@ -131,7 +134,6 @@ def main() -> None:
         print(f"{name:22} min {r['min']:.4f}, {r['below_0.99']} below 0.99 | {cells}")
     payload = {"date": datetime.date.today().isoformat(), "model": args.model, "texts": len(rows),
                "sources": SHARES, "max_tokens": args.max_tokens, "variants": result}
-    suffix = (f"-{args.tag}" if args.tag else "") + (f"-limit{args.limit}" if args.limit else "")
     out = HERE / "results" / f"bf16-tiers{suffix}-{payload['date']}.json"
     write_json_atomic(out, payload)
     print(f"wrote {out}")

@@ -29,7 +29,6 @@ import datetime
 import importlib.util
 import json
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -39,7 +38,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from speed import DATA, cosines, mixed_texts, run_json, sts_pairs  # noqa: E402
+from speed import DATA, cosines, mixed_texts, result_suffix, run_json, sts_pairs  # noqa: E402
 
 from lm2vec.io import write_json_atomic  # noqa: E402
 
@@ -207,8 +206,7 @@ def main() -> None:
         return run_path(args)
     if "float32" not in args.paths:
         p.error("--paths must include float32: every other path is compared with it")
-    if args.tag and not re.fullmatch(r"[\w.-]+", args.tag):  # checked before the run, not when writing its result
-        p.error(f"--tag {args.tag!r}: use letters, digits, '.', '_' or '-' (it becomes part of a file name)")
+    suffix = result_suffix(p, args.tag, args.limit)  # a bad --tag fails here, before the run
     texts, counts = mixed_texts(args.data_dir, args.n_texts)
     if args.limit:
         texts, args.sts_pairs = texts[: args.limit], min(args.sts_pairs, args.limit)
@@ -230,7 +228,6 @@ def main() -> None:
         compare(rows, tmp)
     print_table(rows, skipped)
     payload["paths"] = rows
-    suffix = (f"-{args.tag}" if args.tag else "") + (f"-limit{args.limit}" if args.limit else "")
     out = HERE / "results" / f"cpu-fast-{payload['date']}{suffix}.json"
     write_json_atomic(out, payload)
     print(f"wrote {out}")

@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import random
+import re
 import resource
 import subprocess
 import sys
@@ -251,6 +252,13 @@ def spawn_llm2vec(args, texts_file: Path, vectors: Path) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f"llm2vec failed:\n{done.stderr[-3000:]}")
     return json.loads(vectors.with_suffix(".json").read_text())
+
+
+def result_suffix(parser: argparse.ArgumentParser, tag: str, limit: int | None) -> str:
+    """'-<tag>[-limit<N>]' for a result's file name; a tag that cannot be part of one is refused before the run."""
+    if tag and not re.fullmatch(r"[\w.-]+", tag):
+        parser.error(f"--tag {tag!r}: use letters, digits, '.', '_' or '-' (it becomes part of a file name)")
+    return (f"-{tag}" if tag else "") + (f"-limit{limit}" if limit else "")
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> dict:
