@@ -113,6 +113,10 @@ VARIANTS = {  # name -> (bidirectional, pooling, [stage settings in order])
         # the instruction question: LLM2Vec's STS instruction on every SimCSE text, and on the dev pairs
         "bi + MNTP + SimCSE 150, instruction": (True, "mean", [MNTP, _with(SIMCSE_LONG, instruction=STS_INSTRUCTION,
                                                                            eval_instruction=STS_INSTRUCTION)]),
+        # 2026-12-04, round 5: r64 and the instruction at the recipe's full SimCSE budget
+        "bi + MNTP 300 + SimCSE 300, LoRA r64": (True, "mean", [MNTP_300, _with(SIMCSE_300, lora={"r": 64, "alpha": 128})]),
+        "bi + MNTP 300 + SimCSE 300, instruction": (True, "mean", [MNTP_300, _with(SIMCSE_300, instruction=STS_INSTRUCTION,
+                                                                                    eval_instruction=STS_INSTRUCTION)]),
     },
     "smoke": {
         "bi + MNTP + SimCSE": (True, "mean", [_with(MNTP, **{**TINY, "batch_size": 2}), _with(SIMCSE, **TINY)]),
@@ -218,10 +222,11 @@ def stage_options(options: dict, objective: str) -> list[dict]:
     return [] if not options or (objective == "mntp" and latent_only) else [options]
 
 
-def document_dev(model: str, args, bidirectional: bool | None = None) -> float | None:
+def document_dev(model: str, args, bidirectional: bool | None = None, query_instruction: str | None = None) -> float | None:
     """nDCG@10 x100 of SciFact *train* claims (a split no benchmark scores) retrieving their cited
     abstracts among a fixed sample of others, texts cut at --doc-max-length tokens: whether an encoder
-    trained on sentences still serves documents. None without the SciFact files."""
+    trained on sentences still serves documents. `query_instruction` goes on the claims only (as
+    LLM2Vec's retrieval instructions do). None without the SciFact files."""
     import numpy as np
 
     from lm2vec import Encoder
@@ -239,7 +244,7 @@ def document_dev(model: str, args, bidirectional: bool | None = None) -> float |
     docs = relevant + rng.sample(others, min(args.doc_distractors, len(others)))
     kwargs = {} if bidirectional is None else {"bidirectional": bidirectional}
     encoder = Encoder.from_pretrained(model, max_length=args.doc_max_length, **kwargs)
-    scores = (encoder.encode([queries[q] for q in chosen], normalize=True)
+    scores = (encoder.encode([queries[q] for q in chosen], instruction=query_instruction, normalize=True)
               @ encoder.encode([texts[d] for d in docs], normalize=True).T)  # (Q, D)
     gains = []
     for row, q in zip(scores, chosen):

@@ -94,3 +94,35 @@ def test_quality_encoders_are_key_equals_folder_with_a_known_key():
     for bad in ("simcse", "simcse=", "bogus=/x"):
         with pytest.raises(SystemExit, match="expected KEY=DIR"):
             quality.given_encoders(argparse.Namespace(encoders=[bad]))
+
+
+def test_document_dev_puts_the_query_instruction_on_the_claims_only(monkeypatch):
+    """bench/doc_dev.py scores instruction-trained encoders as they are meant to be queried: the
+    instruction on the SciFact claims, never on the abstracts (as LLM2Vec's retrieval evaluation)."""
+    import argparse
+
+    import numpy as np
+    import pytest
+    from conftest import SHARED_DATA
+
+    import lm2vec
+
+    if not (SHARED_DATA / "retrieval/SciFact/claims_train.csv").is_file():
+        pytest.skip(f"SciFact not found under {SHARED_DATA}")
+    sys.path.insert(0, str(ROOT / "bench"))
+    import sweep
+
+    calls = []
+
+    class Recording:
+        def encode(self, texts, instruction=None, normalize=False):
+            calls.append((len(texts), instruction))
+            return np.random.default_rng(len(calls)).normal(size=(len(texts), 8))
+
+    monkeypatch.setattr(lm2vec.Encoder, "from_pretrained", lambda *a, **k: Recording())
+    args = argparse.Namespace(data_dir=SHARED_DATA, doc_queries=4, doc_distractors=6, doc_max_length=32)
+    score = sweep.document_dev("any", args, query_instruction="Given a claim:")
+    assert calls[0] == (4, "Given a claim:") and calls[1][1] is None and calls[1][0] >= 6 + 4
+    assert 0.0 <= score <= 100.0
+    sweep.document_dev("any", args)
+    assert calls[2] == (4, None)
