@@ -18,6 +18,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -155,8 +156,11 @@ def main() -> None:
     p.add_argument("--reference", choices=["llm2vec", "full-vocab"], default="llm2vec",
                    help="llm2vec: its own code in its own venv; full-vocab: lm2vec's loop with llm2vec's full-vocabulary "
                         "MNTP loss (for models llm2vec 0.2.3 cannot load, e.g. Gemma 3)")
+    p.add_argument("--tag", default="", help="added to the --precisions result's file name (e.g. the settings compared)")
     p.add_argument("--worker", choices=["lm2vec", "llm2vec", "full-vocab"], help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.tag and not re.fullmatch(r"[\w.-]+", args.tag):
+        p.error(f"--tag {args.tag!r}: use letters, digits, '.', '_' or '-' (it becomes part of a file name)")
     if args.worker:
         args.objective = args.objectives[0]
         result = run_reference(args, prepared_model(args.model)) if args.worker == "llm2vec" else run_lm2vec(args)
@@ -193,11 +197,13 @@ def compare_precisions(args) -> None:
         rows.append(row)
     date = datetime.date.today().isoformat()
     tag = f"-{args.batch_size}x{args.seq_len}" + ("" if args.lora_dropout == 0.05 else f"-lora-dropout-{args.lora_dropout:g}")
+    tag += f"-{args.tag}" if args.tag else ""
     out = HERE / "results" / f"train-precision-{args.model}{tag}-{date}.json"
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "worker"}
     cpu_flags = [f for f in ("avx512_bf16", "amx_bf16") if f in Path("/proc/cpuinfo").read_text()]
     payload = {"date": date, "device": f"CPU {platform.machine()} ({', '.join(cpu_flags) or 'no bf16 units'}), "
-               f"{args.threads} threads", "settings": settings, "rows": rows}
+               f"{args.threads} threads", "settings": settings, "rows": rows,
+               "keep_freed_memory": os.environ.get("LM2VEC_KEEP_FREED_MEMORY", "1") != "0"}
     out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {out}")
 

@@ -47,6 +47,7 @@ from lm2vec.training.lora import (
     stack_frozen_adapters,
     trainable_parameters,
 )
+from lm2vec.training.memory import keep_freed_memory
 from lm2vec.training.objectives import OBJECTIVES
 from lm2vec.training.objectives.simcse import restore_dropout, set_dropout
 from lm2vec.training.order import batch_indices, step_generator, step_seed
@@ -99,6 +100,8 @@ class StageRunner:
 
     def setup(self) -> None:
         stage = self.stage
+        if torch.device(self.device).type == "cpu":
+            keep_freed_memory()  # steps reuse the pages the last one freed instead of faulting them in
         self.encoder, lm_head = load_stage_encoder(self.model_path, stage, self.recipe, self.device,
                                                    base_dtype(self.precision), place=not self.engine.sharded,
                                                    weights=self.recipe.model if self.stacked else None)
