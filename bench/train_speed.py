@@ -77,6 +77,10 @@ def run_lm2vec(args) -> dict:
                             precision=args.precision, pack=False, lr=args.lr,
                             lora={"dropout": args.lora_dropout})
         runner = StageRunner(Recipe(stages=[stage], model=path), stage, path, Path(tmp) / "s", Path(tmp) / "e", device="cpu")
+        if args.unfused:  # peft's own LoRA forward, as before training/fused_lora.py
+            import lm2vec.training.loop
+
+            lm2vec.training.loop.fuse_lora_layers = lambda model: 0
         if args.worker == "full-vocab":
             import lm2vec.training.objectives.mntp
 
@@ -120,7 +124,7 @@ def measure(side: str, objective: str, args, precision: str = "fp32") -> dict:
     command = [sys.executable, __file__, "--worker", side, "--objectives", objective, "--model", args.model,
                "--precision", precision, "--lr", str(args.lr), "--lora-dropout", str(args.lora_dropout),
                "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len), "--steps", str(args.steps),
-               "--threads", str(args.threads), "--texts", str(args.texts)]
+               "--threads", str(args.threads), "--texts", str(args.texts)] + (["--unfused"] if args.unfused else [])
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     if done.returncode != 0:
         return {"error": done.stderr[-1500:]}
@@ -156,6 +160,7 @@ def main() -> None:
     p.add_argument("--reference", choices=["llm2vec", "full-vocab"], default="llm2vec",
                    help="llm2vec: its own code in its own venv; full-vocab: lm2vec's loop with llm2vec's full-vocabulary "
                         "MNTP loss (for models llm2vec 0.2.3 cannot load, e.g. Gemma 3)")
+    p.add_argument("--unfused", action="store_true", help="lm2vec with peft's own LoRA forward (no fused_lora)")
     p.add_argument("--tag", default="", help="added to the --precisions result's file name (e.g. the settings compared)")
     p.add_argument("--worker", choices=["lm2vec", "llm2vec", "full-vocab"], help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -203,7 +208,8 @@ def compare_precisions(args) -> None:
     cpu_flags = [f for f in ("avx512_bf16", "amx_bf16") if f in Path("/proc/cpuinfo").read_text()]
     payload = {"date": date, "device": f"CPU {platform.machine()} ({', '.join(cpu_flags) or 'no bf16 units'}), "
                f"{args.threads} threads", "settings": settings, "rows": rows,
-               "keep_freed_memory": os.environ.get("LM2VEC_KEEP_FREED_MEMORY", "1") != "0"}
+               "keep_freed_memory": os.environ.get("LM2VEC_KEEP_FREED_MEMORY", "1") != "0",
+               "fused_lora": not args.unfused}
     out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {out}")
 

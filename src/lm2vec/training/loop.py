@@ -39,6 +39,7 @@ from lm2vec.core.soft_bidirectional import annealed_weight, set_future_weight
 from lm2vec.training import checkpoint as ckpt
 from lm2vec.training.dev_eval import DevEvaluator
 from lm2vec.training.engine import make_engine
+from lm2vec.training.fused_lora import fuse_lora_layers
 from lm2vec.training.gradcache import cached_backward
 from lm2vec.training.lora import (
     attach_lora,
@@ -116,6 +117,8 @@ class StageRunner:
         else:
             self.peft = attach_lora(self.encoder.model, stage.lora)  # LoRA weights in float32 whatever the base
             stack_frozen_adapters(self.peft, self.stacked)
+            if torch.device(self.device).type == "cpu" and not self.engine.sharded:
+                fuse_lora_layers(self.peft)  # one autograd node per LoRA layer: fewer passes over activations
         if stage.gradient_checkpointing:
             self.encoder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         # the module the Encoder calls (peft injected LoRA into it); before the optimiser: FSDP swaps in shards
