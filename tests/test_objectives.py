@@ -308,6 +308,32 @@ def test_simcse_loss_on_tiny_llama_backpropagates():
     assert model.model.embed_tokens.weight.grad.abs().sum() > 0
 
 
+def test_simcse_task_embeds_both_views_in_one_pass_with_their_own_dropout():
+    """One forward of the batch stacked on itself: the copies of a text differ (each row draws its own
+    masks), and the loss is info-NCE between the two halves, as two separate passes would give it."""
+    from conftest import byte_tokenizer, tiny_model
+
+    from lm2vec.core.encoder import Encoder, EncoderConfig
+    from lm2vec.training.objectives.simcse import SimCSETask
+    from lm2vec.training.recipe import StageConfig
+
+    encoder = Encoder(tiny_model("llama"), byte_tokenizer(), EncoderConfig(max_length=32))
+    set_dropout(encoder.model, attention=0.3)
+    encoder.model.train()
+    task = SimCSETask(StageConfig(objective="simcse", data="unused", batch_size=3), encoder)
+    batch = task.collate(["a cat", "two dogs sat", "owls"], torch.Generator())
+    calls, embed = [], encoder.embed
+    encoder.embed = lambda b: calls.append(b) or embed(b)
+    torch.manual_seed(0)
+    loss = task.loss(batch)
+    assert len(calls) == 1 and calls[0]["input_ids"].shape[0] == 6
+    assert torch.equal(calls[0]["input_ids"][:3], calls[0]["input_ids"][3:])
+    torch.manual_seed(0)
+    both = embed(calls[0])
+    assert (both[:3] - both[3:]).abs().max() > 1e-3  # dropout, not the input, tells the views apart
+    assert loss.item() == pytest.approx(info_nce(both[:3], both[3:], scale=20.0).item(), rel=1e-6)
+
+
 def _sentencepiece_tokenizer():
     """A Metaspace (SentencePiece-style) tokenizer where "_" is a vocabulary token but tokenizer("_") is "▁" "_"."""
     from tokenizers import Tokenizer, models, pre_tokenizers

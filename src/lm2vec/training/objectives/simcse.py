@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from lm2vec.core.encoder import Encoder
-from lm2vec.training.objectives.base import embed_sides, load_corpus
+from lm2vec.training.objectives.base import load_corpus
 from lm2vec.training.objectives.contrastive import distributed_info_nce
 from lm2vec.training.objectives.matryoshka import Nesting
 from lm2vec.training.recipe import StageConfig
@@ -127,4 +127,9 @@ class SimCSETask:
         return self.nesting(lambda e: distributed_info_nce(e["view1"], e["view2"], scale=self.stage.scale), embeddings)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.loss_from_embeddings(embed_sides(self.encoder.embed, self.embedding_sides(batch)), batch)
+        """Both views in one forward of the batch stacked on itself, as SimCSE's own code runs them: each
+        row draws its own dropout masks, so the copies still differ by dropout alone, and one pass over
+        2B rows costs less than two over B (bf16 SimCSE 32 x 32 on a CPU: 2.86 -> 2.55 s a step).
+        GradCache (`embedding_sides`) still embeds the views apart, a chunk at a time."""
+        view1, view2 = self.encoder.embed({key: torch.cat([value, value]) for key, value in batch.items()}).chunk(2)
+        return self.loss_from_embeddings({"view1": view1, "view2": view2}, batch)
