@@ -129,7 +129,7 @@ class SimCSETask:
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Both views in one forward of the batch stacked on itself, as SimCSE's own code runs them: each
         row draws its own dropout masks, so the copies still differ by dropout alone, and one pass over
-        2B rows costs less than two over B (bf16 SimCSE 32 x 32 on a CPU: 2.86 -> 2.55 s a step).
+        2B rows costs less than two over B (bf16 SimCSE 32 x 32 on a CPU: 2.85 -> 2.52 s a step, docs/performance.md).
         GradCache (`embedding_sides`) still embeds the views apart, a chunk at a time."""
         view1, view2 = self.encoder.embed({key: torch.cat([value, value]) for key, value in batch.items()}).chunk(2)
         return self.loss_from_embeddings({"view1": view1, "view2": view2}, batch)
