@@ -154,9 +154,11 @@ def test_zero_dropped_is_masked_fill(dtype):
     assert torch.equal(zero_dropped(values.clone(), keep, in_place=True), expected)
 
 
-def test_cpu_training_runs_fused_and_follows_peft_loss_curve(model_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("gradcache", [False, True])
+def test_cpu_training_runs_fused_and_follows_peft_loss_curve(gradcache, model_dir, tmp_path, monkeypatch):
     """The real loop (SimCSE: LoRA dropout and attention dropout draw from one RNG stream) fuses every
-    LoRA layer on a CPU and gives the loss curve peft's own forward gives, step for step."""
+    LoRA layer on a CPU and gives the loss curve peft's own forward gives, step for step; with GradCache
+    too, whose gradient pass replays the masks its first, gradient-free pass drew."""
     from lm2vec.training import loop
     from lm2vec.training.loop import StageRunner
     from lm2vec.training.recipe import Recipe, StageConfig
@@ -169,6 +171,7 @@ def test_cpu_training_runs_fused_and_follows_peft_loss_curve(model_dir, tmp_path
             monkeypatch.setattr(loop, "fuse_lora_layers", lambda model: 0)
         stage = StageConfig(objective="simcse", data=str(corpus), max_steps=3, batch_size=4, max_length=32, lr=1e-2,
                             warmup_steps=0, save_every=100, attention_dropout=0.1, lora={"dropout": 0.1},
+                            mini_batch_size=2 if gradcache else None,
                             precision="fp32")  # "auto" is bf16 on CPUs with bf16 units: not bit-comparable
         runner = StageRunner(Recipe(stages=[stage], model=str(model_dir), max_length=32), stage, str(model_dir),
                              tmp_path / side / "s", tmp_path / side / "e", device="cpu")
