@@ -87,10 +87,11 @@ def _dropout_scale(dropout: nn.Module) -> float | None:
 
 
 def _plan(layer: LoraLinear, x: torch.Tensor, kwargs: dict):
-    """(primary adapter, frozen others) if this call can take the fused path, else None.
+    """(primary adapter, frozen others, its keep-rescale) if this call can take the fused path, else None.
 
     The adapters compute in x's dtype: as peft does under autocast of that dtype (with its input casts
-    off, training/precision.py) or when they are stored in it; otherwise peft casts x up, so it runs."""
+    off, training/precision.py) or when they are stored in it; otherwise peft casts x up, and its own
+    forward runs."""
     base = layer.base_layer
     if (layer.disable_adapters or layer.merged or kwargs or x.device.type != "cpu" or type(base) is not nn.Linear
             or base.weight.dtype != x.dtype or base.weight.requires_grad
@@ -108,9 +109,8 @@ def _plan(layer: LoraLinear, x: torch.Tensor, kwargs: dict):
         if (_dropout_scale(layer.lora_dropout[name]) != 1.0
                 or layer.lora_A[name].weight.requires_grad or layer.lora_B[name].weight.requires_grad):
             return None
-    if _dropout_scale(layer.lora_dropout[primary]) is None:
-        return None
-    return primary, others
+    keep_rescale = _dropout_scale(layer.lora_dropout[primary])
+    return None if keep_rescale is None else (primary, others, keep_rescale)
 
 
 def _unplain(layer: LoraLinear, name: str) -> bool:
@@ -124,10 +124,8 @@ def fused_forward(layer: LoraLinear, x: torch.Tensor, *args, **kwargs) -> torch.
     plan = None if args else _plan(layer, x, kwargs)
     if plan is None:
         return type(layer).forward(layer, x, *args, **kwargs)
-    primary, others = plan
-    dropout = layer.lora_dropout[primary]
-    keep_rescale = _dropout_scale(dropout)
-    keep = dropout.keep_mask(x.shape) if keep_rescale != 1.0 else None  # the draws FastDropout would make
+    primary, others, keep_rescale = plan
+    keep = layer.lora_dropout[primary].keep_mask(x.shape) if keep_rescale != 1.0 else None  # FastDropout's draws
     frozen = tuple((layer.lora_A[n].weight, layer.lora_B[n].weight, layer.scaling[n]) for n in others)
     return FusedLoraFunction.apply(x, layer.base_layer.weight, layer.base_layer.bias, layer.lora_A[primary].weight,
                                    layer.lora_B[primary].weight, keep, layer.scaling[primary] * keep_rescale, frozen)
