@@ -63,5 +63,5 @@ def verdict(vectors) -> str:
         return f"[green]every paraphrase pair ({lowest:.2f} and up) ranks above every unrelated pair ({highest:.2f} at most)[/green]"
     return (f"[yellow]not there yet[/yellow]: unrelated sentences {i} and {j} ({highest:.2f}) rank above a paraphrase "
             f"pair ({lowest:.2f}); this 30-step run is not enough here. Train longer: `lm2vec train annealed-simcse` "
-            "(150 SimCSE steps, ~8 minutes on 2 cores) or `lm2vec train llm2vec-unsupervised` (~30 minutes; "
+            "(150 SimCSE steps, ~8 minutes on 2 cores) or `lm2vec train llm2vec-unsupervised` (~20 minutes; "
             "README, 'Which recipe')")
