@@ -117,6 +117,11 @@ VARIANTS = {  # name -> (bidirectional, pooling, [stage settings in order])
         "bi + MNTP 300 + SimCSE 300, LoRA r64": (True, "mean", [MNTP_300, _with(SIMCSE_300, lora={"r": 64, "alpha": 128})]),
         "bi + MNTP 300 + SimCSE 300, instruction": (True, "mean", [MNTP_300, _with(SIMCSE_300, instruction=STS_INSTRUCTION,
                                                                                     eval_instruction=STS_INSTRUCTION)]),
+        # 2026-12-04, round 7: MNTP annealed over its first half led round 6 (MNTP 100 + SimCSE 150, both seeds)
+        "bi + MNTP 300 (annealed over 150 steps) + SimCSE 300": (True, "mean", [_with(MNTP_300, bidirectional_anneal_steps=150),
+                                                                                 SIMCSE_300]),
+        "bi + MNTP 300 (annealed over 150 steps) + SimCSE 150": (True, "mean", [_with(MNTP_300, bidirectional_anneal_steps=150),
+                                                                                 SIMCSE_LONG]),
     },
     "smoke": {
         "bi + MNTP + SimCSE": (True, "mean", [_with(MNTP, **{**TINY, "batch_size": 2}), _with(SIMCSE, **TINY)]),
