@@ -4,13 +4,16 @@ Masking a bf16 activation (masked_fill, where, the bitwise AND of fused_lora.zer
 forward + backward for one SmolLM2 layer at MNTP's shape (8 x 9 heads / 3 KV heads x 128 tokens x 64):
 the math kernel on bf16 (what `precision: bf16` trains with), the flash kernel on float32 copies, the
 flash kernel on bf16, float32 flash; plus each bf16 path's error to float32 attention on the same
-rounded inputs, with and without the math kernel's bf16 reductions. Mean of repeated calls, 2 threads.
+rounded inputs, with and without the math kernel's bf16 reductions; and transformers' RMSNorm forward +
+backward (61 a SmolLM2 step) against a hand-written backward, to size what fusing it could save. Mean of
+repeated calls, 2 threads, freed memory kept (as the training loop runs).
 
-    python bench/train_ops.py        # prints a table, writes bench/results/train-ops-<date>.json
+    python bench/train_ops.py [--tag T]   # prints a table, writes bench/results/train-ops-<date>[-T].json
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import platform
@@ -22,6 +25,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lm2vec.training.fused_lora import zero_dropped
+from lm2vec.training.memory import keep_freed_memory
 
 HERE = Path(__file__).resolve().parent
 
@@ -71,8 +75,45 @@ def attention_error(backend, reduce_bf16: bool, logit_scale: float) -> dict:
     return {"relative": ((out - reference).norm() / reference.norm()).item(), "largest": (out - reference).abs().max().item()}
 
 
+class HandWrittenRMSNorm(torch.autograd.Function):
+    """Llama's RMSNorm (normalise in float32, round, times weight) with its input gradient in one node;
+    the weight is frozen, as in LoRA training. Forward equals transformers' bit for bit."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        rstd = torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True).add_(eps))
+        ctx.save_for_backward(x, weight, rstd)
+        return weight * (x.float() * rstd).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, rstd = ctx.saved_tensors
+        grad_normed, normed = (grad * weight).float(), x.float() * rstd
+        dot = (grad_normed * normed).mean(-1, keepdim=True)
+        return (grad_normed - normed * dot).mul_(rstd).to(x.dtype), None, None
+
+
+def rms_norm() -> dict:
+    """One SmolLM2 RMSNorm at MNTP's shape (8 x 128 x 576), input gradient only."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    out = {}
+    for name, dtype in (("float32", torch.float32), ("bf16", torch.bfloat16)):
+        norm = LlamaRMSNorm(576, eps=1e-5).to(dtype).requires_grad_(False)
+        x = torch.randn(8, 128, 576, dtype=dtype, requires_grad=True)
+        grad = torch.randn(8, 128, 576, dtype=dtype)
+        out[f"transformers, {name}"] = mean_ms(lambda: torch.autograd.grad(norm(x), x, grad), calls=50)
+        out[f"hand-written backward, {name}"] = mean_ms(
+            lambda: torch.autograd.grad(HandWrittenRMSNorm.apply(x, norm.weight, 1e-5), x, grad), calls=50)
+    return out
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tag", help="appended to the result's file name")
+    args = parser.parse_args()
     torch.set_num_threads(2)
+    keep_freed_memory()
     math, flash = SDPBackend.MATH, SDPBackend.FLASH_ATTENTION
     paths = {"math, bf16 (trained with)": (torch.bfloat16, math, False, False),
              "math, bf16 reductions": (torch.bfloat16, math, False, True),
@@ -84,12 +125,13 @@ def main() -> None:
               for name, backend, reduce in (("math bf16", math, False), ("math bf16 reductions", math, True),
                                             ("flash bf16", flash, False)) for scale in (1.0, 3.0)}
     result = {"date": datetime.date.today().isoformat(), "device": f"CPU {platform.machine()}, 2 threads",
-              "masking": masking(), "attention_fwd_bwd_ms_per_layer": timings, "attention_error_to_float32": errors}
-    for section in ("masking", "attention_fwd_bwd_ms_per_layer", "attention_error_to_float32"):
+              "masking": masking(), "attention_fwd_bwd_ms_per_layer": timings, "attention_error_to_float32": errors,
+              "rms_norm_fwd_bwd_ms": rms_norm()}
+    for section in ("masking", "attention_fwd_bwd_ms_per_layer", "attention_error_to_float32", "rms_norm_fwd_bwd_ms"):
         print(section)
         for name, value in result[section].items():
             print(f"  {name:45} {value if isinstance(value, dict) else round(value, 3)}")
-    out = HERE / "results" / f"train-ops-{result['date']}.json"
+    out = HERE / "results" / f"train-ops-{result['date']}{'-' + args.tag if args.tag else ''}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
 
