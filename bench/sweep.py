@@ -50,6 +50,7 @@ SIMCSE_450 = _with(SIMCSE, max_steps=450, warmup_steps=30, eval_every=45)
 MNTP_300 = _with(MNTP, max_steps=300, warmup_steps=30, eval_every=100)
 SIMCSE_300 = _with(SIMCSE, max_steps=300, warmup_steps=20, eval_every=30)
 ANNEALED_SIMCSE_300 = _with(SIMCSE_300, bidirectional_anneal_steps=150)
+ANNEALED_MNTP_300 = _with(MNTP_300, bidirectional_anneal_steps=150)
 # SimCSE on document-length texts: Wikipedia lead paragraphs (builtin corpus) cut at 128 tokens
 PARAGRAPHS = dict(data="builtin:wiki-leads", text_unit="paragraph", max_length=128)
 STS_INSTRUCTION = "Retrieve semantically similar text:"  # LLM2Vec's instruction for STS tasks
@@ -118,10 +119,8 @@ VARIANTS = {  # name -> (bidirectional, pooling, [stage settings in order])
         "bi + MNTP 300 + SimCSE 300, instruction": (True, "mean", [MNTP_300, _with(SIMCSE_300, instruction=STS_INSTRUCTION,
                                                                                     eval_instruction=STS_INSTRUCTION)]),
         # 2026-12-04, round 7: MNTP annealed over its first half led round 6 (MNTP 100 + SimCSE 150, both seeds)
-        "bi + MNTP 300 (annealed over 150 steps) + SimCSE 300": (True, "mean", [_with(MNTP_300, bidirectional_anneal_steps=150),
-                                                                                 SIMCSE_300]),
-        "bi + MNTP 300 (annealed over 150 steps) + SimCSE 150": (True, "mean", [_with(MNTP_300, bidirectional_anneal_steps=150),
-                                                                                 SIMCSE_LONG]),
+        "bi + MNTP 300 (annealed over 150 steps) + SimCSE 300": (True, "mean", [ANNEALED_MNTP_300, SIMCSE_300]),
+        "bi + MNTP 300 (annealed over 150 steps) + SimCSE 150": (True, "mean", [ANNEALED_MNTP_300, SIMCSE_LONG]),
     },
     "smoke": {
         "bi + MNTP + SimCSE": (True, "mean", [_with(MNTP, **{**TINY, "batch_size": 2}), _with(SIMCSE, **TINY)]),

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import platform
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from lm2vec.io import write_json_atomic
 from lm2vec.training.fused_lora import zero_dropped
 from lm2vec.training.memory import keep_freed_memory
 
@@ -93,18 +93,21 @@ class HandWrittenRMSNorm(torch.autograd.Function):
         return (grad_normed - normed * dot).mul_(rstd).to(x.dtype), None, None
 
 
-def rms_norm() -> dict:
-    """One SmolLM2 RMSNorm at MNTP's shape (8 x 128 x 576), input gradient only."""
+def rms_norm_timings(dtype) -> tuple[float, float]:
+    """(transformers, hand-written) ms for one SmolLM2 RMSNorm at MNTP's shape (8 x 128 x 576), input gradient only."""
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
+    norm = LlamaRMSNorm(576, eps=1e-5).to(dtype).requires_grad_(False)
+    x = torch.randn(8, 128, 576, dtype=dtype, requires_grad=True)
+    grad = torch.randn(8, 128, 576, dtype=dtype)
+    return (mean_ms(lambda: torch.autograd.grad(norm(x), x, grad), calls=50),
+            mean_ms(lambda: torch.autograd.grad(HandWrittenRMSNorm.apply(x, norm.weight, 1e-5), x, grad), calls=50))
+
+
+def rms_norm() -> dict:
     out = {}
     for name, dtype in (("float32", torch.float32), ("bf16", torch.bfloat16)):
-        norm = LlamaRMSNorm(576, eps=1e-5).to(dtype).requires_grad_(False)
-        x = torch.randn(8, 128, 576, dtype=dtype, requires_grad=True)
-        grad = torch.randn(8, 128, 576, dtype=dtype)
-        out[f"transformers, {name}"] = mean_ms(lambda: torch.autograd.grad(norm(x), x, grad), calls=50)
-        out[f"hand-written backward, {name}"] = mean_ms(
-            lambda: torch.autograd.grad(HandWrittenRMSNorm.apply(x, norm.weight, 1e-5), x, grad), calls=50)
+        out[f"transformers, {name}"], out[f"hand-written backward, {name}"] = rms_norm_timings(dtype)
     return out
 
 
@@ -112,6 +115,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tag", help="appended to the result's file name")
     args = parser.parse_args()
+    if args.tag is not None and not args.tag.replace("-", "").replace("_", "").isalnum():
+        parser.error(f"--tag {args.tag!r}: letters, digits, '-' and '_' only (it names a file)")
     torch.set_num_threads(2)
     keep_freed_memory()
     math, flash = SDPBackend.MATH, SDPBackend.FLASH_ATTENTION
@@ -132,7 +137,7 @@ def main() -> None:
         for name, value in result[section].items():
             print(f"  {name:45} {value if isinstance(value, dict) else round(value, 3)}")
     out = HERE / "results" / f"train-ops-{result['date']}{'-' + args.tag if args.tag else ''}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(out, result)
     print(f"wrote {out}")
 
 
