@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from pathlib import Path
 
 import torch
@@ -52,13 +53,15 @@ def autocast_context(resolved: str, device: torch.device | str, model: torch.nn.
                      max_length: int = MATH_ATTENTION_MAX_LENGTH):
     """What a training forward and backward run under: nothing for fp32; torch.autocast for the autocast
     modes; for bf16 base weights, bf16 autocast with peft's float32 input casts off (`model`'s adapters)
-    and, on a CPU with sequences up to MATH_ATTENTION_MAX_LENGTH, SDPA's math kernel: its bf16
-    forward + backward ran 2.5x faster than the CPU flash kernel's at 128 tokens (whose bf16 backward
-    is slower than its float32 one), with the same error to float32 attention (measured 2026-12-03)."""
+    and, on a CPU with sequences up to MATH_ATTENTION_MAX_LENGTH, lm2vec's bf16 attention
+    (training/cpu_attention.py: ~2x faster than SDPA's math kernel at MNTP's shape, 2026-12-04), with SDPA's math
+    kernel for what it does not cover (2.5x faster than the CPU flash kernel's bf16 backward at 128
+    tokens, 2026-12-03)."""
     device_type = torch.device(device).type
     if resolved == "bf16":
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
+        from lm2vec.training.cpu_attention import bf16_cpu_attention
         from lm2vec.training.lora import lora_inputs_uncast
 
         stack = contextlib.ExitStack()
@@ -67,6 +70,8 @@ def autocast_context(resolved: str, device: torch.device | str, model: torch.nn.
         stack.enter_context(torch.autocast(device_type=device_type, dtype=torch.bfloat16))
         if device_type == "cpu" and max_length <= MATH_ATTENTION_MAX_LENGTH:
             stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+            if os.environ.get("LM2VEC_BF16_ATTENTION", "1") != "0":  # 0: the math kernel only (benchmarks)
+                stack.enter_context(bf16_cpu_attention())
         return stack
     if resolved not in ("bf16-autocast", "fp16"):
         return contextlib.nullcontext()
