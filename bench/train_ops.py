@@ -28,11 +28,12 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lm2vec.io import write_json_atomic
-from lm2vec.training.cpu_attention import Bf16Attention
+from lm2vec.training.cpu_attention import Bf16Attention, additive_mask
 from lm2vec.training.fused_lora import zero_dropped
 from lm2vec.training.memory import keep_freed_memory
 
 HERE = Path(__file__).resolve().parent
+STS_DEV = Path("sts") / "STSBenchmark" / "sts-dev.csv"
 
 
 def mean_ms(fn, calls: int = 30) -> float:
@@ -67,7 +68,7 @@ def sdpa(backend, cast: bool = False, reduce_bf16: bool = False, dropout: float 
 
 def lm2vec_bf16(dropout: float = 0.0):
     def attend(q, k, v, mask=None):
-        additive = None if mask is None else torch.zeros(mask.shape).masked_fill_(~mask, torch.finfo(torch.float32).min)
+        additive = additive_mask(mask, False, q.shape[2], k.shape[2])
         return Bf16Attention.apply(q, k, v, additive, q.shape[-1] ** -0.5, dropout)
     return attend
 
@@ -114,7 +115,7 @@ def captured_attention_inputs(data_dir: Path, count: int = 32) -> list[tuple]:
     from lm2vec.core.encoder import Encoder
     from lm2vec.data.scored_pairs import load_scored_pairs
 
-    texts = load_scored_pairs(data_dir / "sts" / "STSBenchmark" / "sts-dev.csv").sentence1[:count]
+    texts = load_scored_pairs(data_dir / STS_DEV).sentence1[:count]
     encoder = Encoder.from_pretrained("smollm2-135m", dtype=torch.bfloat16, device="cpu", bidirectional=True)
     mapping, captured = AttentionInterface._global_mapping, []
     original = mapping["sdpa"]
@@ -187,6 +188,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.tag is not None and not args.tag.replace("-", "").replace("_", "").isalnum():
         parser.error(f"--tag {args.tag!r}: letters, digits, '-' and '_' only (it names a file)")
+    if not (args.data_dir / STS_DEV).is_file():
+        parser.error(f"--data-dir {args.data_dir}: no {STS_DEV} there (the shared data folder)")
     torch.set_num_threads(2)
     keep_freed_memory()
     math, flash = SDPBackend.MATH, SDPBackend.FLASH_ATTENTION

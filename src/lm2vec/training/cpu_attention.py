@@ -31,7 +31,7 @@ from lm2vec.training.fused_lora import zero_dropped
 SWAPPED = ("sdpa", SOFT)  # the implementations whose kernels this replaces while training in bf16
 
 
-def _additive(mask: torch.Tensor | None, causal: bool, q_length: int, kv_length: int) -> torch.Tensor | None:
+def additive_mask(mask: torch.Tensor | None, causal: bool, q_length: int, kv_length: int) -> torch.Tensor | None:
     """A float32 additive mask (0 attend, lowest float32 not) from a boolean or additive one, or a
     causal triangle when there is none and the layer is causal; None for full attention."""
     lowest = torch.finfo(torch.float32).min
@@ -116,15 +116,13 @@ def _bf16_forward(fallback):
 
     def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
                   is_causal: bool | None = None, **kwargs):
-        if not _covered(query, key, value, attention_mask, kwargs):
-            return fallback(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                            is_causal=is_causal, **kwargs)
         causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-        causal = bool(causal) and query.shape[2] > 1 and attention_mask is None
-        if causal and query.shape[2] != key.shape[2]:  # a cache's prefix: keep transformers' alignment rules
+        causal = bool(causal) and query.shape[2] > 1 and attention_mask is None  # as transformers' sdpa decides
+        # a causal query shorter than its keys (a cache's prefix) keeps transformers' alignment rules
+        if not _covered(query, key, value, attention_mask, kwargs) or (causal and query.shape[2] != key.shape[2]):
             return fallback(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                             is_causal=is_causal, **kwargs)
-        mask = _additive(attention_mask, causal, query.shape[2], key.shape[2])
+        mask = additive_mask(attention_mask, causal, query.shape[2], key.shape[2])
         scale = scaling if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
         out = Bf16Attention.apply(query, key, value, mask, scale, float(dropout))
         return out.transpose(1, 2).contiguous(), None
